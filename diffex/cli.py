@@ -1,0 +1,182 @@
+"""The ``diffex`` command line: a thin typer layer over the Python API.
+
+Logs and progress go to stderr, machine-readable output (``--json``) to stdout. A
+:class:`~diffex.errors.DiffexError` becomes one ``error:`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffex.errors import DiffexError
+from diffex.progress import setup_logging
+
+app = typer.Typer(
+    name="diffex",
+    help="Explain what an image classifier learned about biological conditions, with diffusion counterfactuals.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("diffex")
+
+ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder with one subfolder per condition, or a CSV manifest (path,condition,...).")]
+AxesOpt = Annotated[Optional[str], typer.Option("--axes", help="Axis order of files whose metadata cannot tell, e.g. CYX or YXC.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU when available), cpu, cuda, cuda:1 ...")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite a finished result.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; unknown keys are errors. Flags override it.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _command_line() -> str:
+    return shlex.join(["diffex", *sys.argv[1:]])
+
+
+def _setup(quiet: bool, verbose: bool) -> bool:
+    setup_logging(-1 if quiet else 1 if verbose else 0)
+    return not quiet
+
+
+def _run(fn):
+    """Call fn(); turn DiffexError into a one-line error and exit code 2."""
+    try:
+        return fn()
+    except DiffexError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished results are kept and a rerun resumes", err=True)
+        raise typer.Exit(130) from None
+
+
+def _overrides(**kwargs) -> dict:
+    """Flags that were given (not None), for merging over a YAML config."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@app.command("synthetic")
+def synthetic_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create with one subfolder per condition.")],
+    n_per_condition: Annotated[int, typer.Option("--n", help="Images per condition.")] = 400,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Factor CSV (default: OUT_factors.csv beside OUT).")] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Generate two-condition synthetic cells with known differentiating factors (ground truth)."""
+    _setup(quiet, verbose)
+    from diffex.synthetic import generate_dataset
+
+    gt = _run(lambda: generate_dataset(out, n_per_condition, seed, ground_truth=ground_truth, force=force))
+    typer.echo(str(gt))
+
+
+@app.command("train-diffusion")
+def train_diffusion_cmd(
+    images: ImagesOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (diffusers layout).")],
+    size: Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    config: ConfigOpt = None,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "auto",
+    require_gate: Annotated[bool, typer.Option("--require-gate", help="Exit with code 3 when the quality gate fails.")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Train a diffusion model (diffusers UNet2DModel, DDPM, EMA); resumes an interrupted run."""
+    show = _setup(quiet, verbose)
+    from diffex.config import load_yaml
+    from diffex.diffusion_train import config_from_yaml_dict, train_diffusion
+    from diffex.quality import format_gate
+
+    def go():
+        base = load_yaml(config) if config else {}
+        base.update(_overrides(size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+        cfg = config_from_yaml_dict(base)
+        return train_diffusion(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
+
+    _, gate = _run(go)
+    typer.echo(format_gate(gate))
+    if require_gate and not gate["passed"]:
+        raise typer.Exit(3)
+
+
+@app.command("train-classifier")
+def train_classifier_cmd(
+    images: ImagesOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    arch: Annotated[Optional[str], typer.Option("--arch", help="timm architecture, e.g. resnet18, regnetx_002.")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    config: ConfigOpt = None,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Train a timm classifier with a held-out split; writes a model folder with its accuracy."""
+    show = _setup(quiet, verbose)
+    from diffex.classifier_train import config_from_yaml_dict, train_classifier
+    from diffex.config import load_yaml
+
+    def go():
+        base = load_yaml(config) if config else {}
+        base.update(_overrides(arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+        cfg = config_from_yaml_dict(base)
+        return train_classifier(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
+
+    _, metrics = _run(go)
+    typer.echo(
+        f"held-out accuracy {metrics['heldout_accuracy']:.1%} (balanced {metrics['heldout_balanced_accuracy']:.1%}) "
+        f"on {metrics['n_heldout']} images; classes {metrics['class_names']}; confusion matrix {metrics['confusion_matrix']}"
+    )
+
+
+@app.command("inspect")
+def inspect_cmd(
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="Classifier model folder or TorchScript file.")] = None,
+    diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="Local diffusers UNet2DModel folder.")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Image folder or CSV manifest.")] = None,
+    axes: AxesOpt = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Summarize a classifier, a diffusion model and images, and check that they fit together."""
+    show = _setup(quiet, verbose)
+    from diffex.inspect import format_report, inspect_setup
+
+    if not (classifier or diffusion or images):
+        typer.echo("error: give at least one of --classifier, --diffusion, --images", err=True)
+        raise typer.Exit(2)
+    report = _run(lambda: inspect_setup(classifier, diffusion, images, axes, trust_checkpoint, show_progress=show))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    if not report["compatible"]:
+        raise typer.Exit(2)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

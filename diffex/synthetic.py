@@ -1,0 +1,293 @@
+"""Seeded generator of two-condition fluorescence-like single-cell images with known factors.
+
+Each image shows one cell in two channels: ``DNA`` (a nucleus with chromatin texture) and
+``Actin`` (a cell body with oriented fibre texture). The conditions differ in exactly two
+documented factors, drawn from overlapping normal distributions:
+
+- ``nucleus_radius`` (px at 64 x 64): control 8.0, treated 9.6, sd 0.75  -> d' = 2.1
+- ``actin_level`` (relative cytoplasm brightness): control 0.40, treated 0.52, sd 0.06 -> d' = 2.0
+
+so that the Bayes-optimal accuracy from both factors together is about 93 %, and a trained
+classifier lands around 90-95 %, never 100 %. Nuisance factors vary independently of the
+condition: cell position, orientation, elongation, boundary shape, nucleus offset and
+elongation, a global brightness gain, background level and sensor noise. Every per-image factor
+value is written to a ground-truth CSV.
+
+Example
+-------
+>>> from diffex.synthetic import SyntheticSpec, render_cell
+>>> import numpy as np
+>>> spec = SyntheticSpec()
+>>> img, factors = render_cell(np.random.default_rng(0), "treated", spec)
+>>> img.shape, img.dtype
+((2, 64, 64), dtype('uint16'))
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from diffex.errors import DiffexError
+from diffex.fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+CHANNEL_NAMES = ("DNA", "Actin")
+
+# Column order of the ground-truth CSV (after path and condition).
+FACTOR_COLUMNS = (
+    "nucleus_radius",
+    "nucleus_area_px",
+    "actin_level",
+    "cell_radius",
+    "cell_elongation",
+    "orientation_deg",
+    "center_x",
+    "center_y",
+    "nucleus_elongation",
+    "brightness_gain",
+    "background",
+    "noise_sd",
+)
+DIFFERENTIATING_FACTORS = ("nucleus_radius", "actin_level")
+
+
+@dataclass(frozen=True)
+class ConditionFactors:
+    """Mean and standard deviation of the two differentiating factors for one condition."""
+
+    nucleus_radius_mean: float
+    actin_level_mean: float
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the generator. The defaults define the shipped sample data.
+
+    Unknown keys are rejected by :func:`spec_from_dict`.
+    """
+
+    size: int = 64
+    conditions: dict[str, ConditionFactors] = field(
+        default_factory=lambda: {
+            "control": ConditionFactors(nucleus_radius_mean=8.0, actin_level_mean=0.40),
+            "treated": ConditionFactors(nucleus_radius_mean=9.6, actin_level_mean=0.52),
+        }
+    )
+    nucleus_radius_sd: float = 0.75
+    actin_level_sd: float = 0.06
+    cell_radius_mean: float = 19.0
+    cell_radius_sd: float = 1.5
+    position_jitter: float = 5.0  # px, uniform +-
+    brightness_gain_sd: float = 0.12  # log-normal sd of the global gain
+    noise_sd_range: tuple[float, float] = (150.0, 500.0)  # uint16 units
+    background_range: tuple[float, float] = (300.0, 700.0)
+    dna_peak: float = 30000.0
+    actin_peak: float = 40000.0
+
+
+def spec_from_dict(d: dict) -> SyntheticSpec:
+    """Build a :class:`SyntheticSpec` from plain values; unknown keys are an error."""
+    known = {f.name for f in fields(SyntheticSpec)}
+    unknown = set(d) - known
+    if unknown:
+        raise DiffexError(f"synthetic spec: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    d = dict(d)
+    if "conditions" in d:
+        d["conditions"] = {k: ConditionFactors(**v) for k, v in d["conditions"].items()}
+    for key in ("noise_sd_range", "background_range"):
+        if key in d:
+            d[key] = tuple(d[key])
+    return SyntheticSpec(**d)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-sd Gaussian-filtered noise."""
+    n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (n - n.mean()) / (n.std() + 1e-8)
+
+
+def render_cell(
+    rng: np.random.Generator, condition: str, spec: SyntheticSpec
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Render one cell of ``condition``.
+
+    Returns
+    -------
+    image : ndarray, shape (2, size, size), uint16
+        Channels ``DNA`` and ``Actin``.
+    factors : dict
+        The value of every factor in :data:`FACTOR_COLUMNS` for this image.
+    """
+    if condition not in spec.conditions:
+        raise DiffexError(f"unknown condition {condition!r}; spec has {sorted(spec.conditions)}")
+    cf = spec.conditions[condition]
+    s = spec.size
+    scale = s / 64.0
+
+    # --- factors -----------------------------------------------------------------------------
+    nucleus_radius = max(3.0, rng.normal(cf.nucleus_radius_mean, spec.nucleus_radius_sd))
+    actin_level = float(np.clip(rng.normal(cf.actin_level_mean, spec.actin_level_sd), 0.05, 1.0))
+    cell_radius = max(nucleus_radius + 5.0, rng.normal(spec.cell_radius_mean, spec.cell_radius_sd))
+    cell_elong = rng.uniform(1.0, 1.5)
+    theta = rng.uniform(0.0, math.pi)
+    cx = s / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
+    cy = s / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
+    nuc_elong = rng.uniform(1.0, 1.3)
+    nuc_theta = theta + rng.normal(0.0, 0.3)
+    nuc_off = rng.uniform(0.0, 0.25) * (cell_radius - nucleus_radius)
+    nuc_off_angle = rng.uniform(0.0, 2 * math.pi)
+    gain = float(np.exp(rng.normal(0.0, spec.brightness_gain_sd)))
+    background = rng.uniform(*spec.background_range)
+    noise_sd = rng.uniform(*spec.noise_sd_range)
+
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
+
+    # --- cell body: an ellipse whose boundary is perturbed by low harmonics ---------------------
+    dx, dy = xx - cx, yy - cy
+    u = dx * math.cos(theta) + dy * math.sin(theta)
+    v = -dx * math.sin(theta) + dy * math.cos(theta)
+    r_cell = cell_radius * scale
+    a_cell, b_cell = r_cell * math.sqrt(cell_elong), r_cell / math.sqrt(cell_elong)
+    phi = np.arctan2(v, u)
+    wobble = 1.0
+    for k in (2, 3, 5):
+        wobble = wobble + rng.uniform(0.0, 0.06) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
+    rho_cell = np.sqrt((u / a_cell) ** 2 + (v / b_cell) ** 2) / wobble
+    cell_mask = 1.0 / (1.0 + np.exp((rho_cell - 1.0) * 12.0))  # soft edge
+
+    # Actin fibres: noise smoothed along the cell's long axis, plus a cortical rim.
+    fib = ndimage.gaussian_filter(rng.standard_normal((s, s)), (0.7 * scale, 3.0 * scale))
+    fib = ndimage.rotate(fib, -math.degrees(theta), reshape=False, mode="reflect")
+    fib = (fib - fib.mean()) / (fib.std() + 1e-8)
+    rim = np.exp(-((rho_cell - 0.92) ** 2) / 0.01)
+    actin = actin_level * cell_mask * (1.0 + 0.35 * fib) + 0.25 * actin_level * rim * cell_mask
+
+    # --- nucleus ---------------------------------------------------------------------------------
+    ncx = cx + nuc_off * scale * math.cos(nuc_off_angle)
+    ncy = cy + nuc_off * scale * math.sin(nuc_off_angle)
+    ndx, ndy = xx - ncx, yy - ncy
+    nu = ndx * math.cos(nuc_theta) + ndy * math.sin(nuc_theta)
+    nv = -ndx * math.sin(nuc_theta) + ndy * math.cos(nuc_theta)
+    r_nuc = nucleus_radius * scale
+    a_nuc, b_nuc = r_nuc * math.sqrt(nuc_elong), r_nuc / math.sqrt(nuc_elong)
+    rho_nuc = np.sqrt((nu / a_nuc) ** 2 + (nv / b_nuc) ** 2)
+    nuc_mask = 1.0 / (1.0 + np.exp((rho_nuc - 1.0) * 14.0))
+    chromatin = _smooth_noise(rng, (s, s), 1.2 * scale)
+    dna = nuc_mask * (0.8 + 0.15 * chromatin)
+    # The nucleus displaces some cytoplasm: actin is dimmer over it.
+    actin = actin * (1.0 - 0.5 * nuc_mask)
+
+    # --- optics and sensor -----------------------------------------------------------------------
+    psf = 0.8 * scale
+    dna = ndimage.gaussian_filter(dna, psf)
+    actin = ndimage.gaussian_filter(actin, psf)
+    img = np.stack([dna * spec.dna_peak, actin * spec.actin_peak]) * gain + background
+    img = img + rng.normal(0.0, noise_sd, img.shape)
+    img = np.clip(np.rint(img), 0, 65535).astype(np.uint16)
+
+    factors = {
+        "nucleus_radius": float(nucleus_radius),
+        "nucleus_area_px": float(math.pi * a_nuc * b_nuc),
+        "actin_level": actin_level,
+        "cell_radius": float(cell_radius),
+        "cell_elongation": float(cell_elong),
+        "orientation_deg": float(math.degrees(theta)),
+        "center_x": float(cx),
+        "center_y": float(cy),
+        "nucleus_elongation": float(nuc_elong),
+        "brightness_gain": gain,
+        "background": float(background),
+        "noise_sd": float(noise_sd),
+    }
+    return img, factors
+
+
+def write_ome_tiff(path: Path, image: np.ndarray, channel_names: tuple[str, ...]) -> None:
+    """Write a (C, Y, X) array as an OME-TIFF with channel names."""
+    import tifffile
+
+    tifffile.imwrite(
+        path,
+        image,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)}},
+        compression="zlib",
+    )
+
+
+def generate_dataset(
+    out: Path,
+    n_per_condition: int,
+    seed: int,
+    spec: SyntheticSpec | None = None,
+    ground_truth: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a folder with one subfolder per condition of OME-TIFF cells, and a ground-truth CSV.
+
+    Parameters
+    ----------
+    out : Path
+        Folder to create: ``out/<condition>/<condition>_0000.ome.tif`` ...
+    n_per_condition : int
+        Images per condition.
+    seed : int
+        Seed of the whole set; the same seed gives byte-identical images.
+    spec : SyntheticSpec, optional
+        Generator parameters (default: the shipped sample data's).
+    ground_truth : Path, optional
+        Where to write the per-image factor CSV (default: ``out.parent / (out.name + "_factors.csv")``).
+    force : bool
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    Path
+        The ground-truth CSV.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> gt = generate_dataset(d / "cells", n_per_condition=2, seed=1)
+    >>> sorted(p.name for p in (d / "cells").iterdir())
+    ['control', 'treated']
+    """
+    spec = spec or SyntheticSpec()
+    out = Path(out)
+    ground_truth = Path(ground_truth) if ground_truth else out.parent / f"{out.name}_factors.csv"
+    if n_per_condition < 1:
+        raise DiffexError(f"n_per_condition must be >= 1, got {n_per_condition}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    with atomic_dir(out, force=force) as tmp:
+        for condition in spec.conditions:
+            (tmp / condition).mkdir()
+            for i in range(n_per_condition):
+                img, factors = render_cell(rng, condition, spec)
+                rel = f"{condition}/{condition}_{i:04d}.ome.tif"
+                write_ome_tiff(tmp / rel, img, CHANNEL_NAMES)
+                rows.append({"path": rel, "condition": condition, **factors})
+    tmp_gt = ground_truth.with_name(ground_truth.name + ".tmp")
+    with open(tmp_gt, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "condition", *FACTOR_COLUMNS])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    tmp_gt.replace(ground_truth)
+    log.info("wrote %d images to %s and factors to %s", len(rows), out, ground_truth)
+    return ground_truth
+
+
+def spec_as_dict(spec: SyntheticSpec) -> dict:
+    """Plain-value view of a spec (for provenance files)."""
+    return asdict(spec)

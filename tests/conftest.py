@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny synthetic experiments and tiny trained models, made in seconds on CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+
+TINY_UNET = {"block_out_channels": (16, 32), "norm_num_groups": 8, "attention_max_res": 8, "attention_head_dim": 8}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cells(tmp_path_factory) -> Path:
+    """A two-condition synthetic experiment: 12 cells per condition, 64x64, OME-TIFF."""
+    from diffex.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("exp")
+    generate_dataset(root / "cells", n_per_condition=12, seed=3)
+    return root / "cells"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(cells, tmp_path_factory):
+    """A test_resnet classifier trained for 2 epochs at 16 px (accuracy irrelevant)."""
+    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("models") / "clf"
+    cfg = ClassifierTrainConfig(arch="test_resnet", size=16, epochs=2, batch_size=8, heldout_fraction=0.25)
+    clf, metrics = train_classifier(cells, out, cfg, device="cpu", show_progress=False)
+    return out, clf, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(cells, tmp_path_factory):
+    """A two-level UNet trained for 4 steps at 16 px, with its quality gate on 4 samples."""
+    from diffex.diffusion import UNetSpec
+    from diffex.diffusion_train import DiffusionTrainConfig, train_diffusion
+
+    out = tmp_path_factory.mktemp("models") / "dm"
+    cfg = DiffusionTrainConfig(
+        size=16, steps=4, batch_size=4, checkpoint_every=2, unet=UNetSpec(**TINY_UNET),
+        gate_samples=4, gate_sample_steps=3, roundtrip_steps=3,
+    )
+    dm, gate = train_diffusion(cells, out, cfg, device="cpu", show_progress=False)
+    return out, dm, gate

@@ -1,0 +1,151 @@
+"""Diffusion model folders, training and its resume, DDIM inversion/rendering, the quality gate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffex.diffusion import DiffusionInfo, DiffusionModel, UNetSpec, build_unet, default_scheduler_config
+from diffex.diffusion_train import DiffusionTrainConfig, train_diffusion
+from diffex.engine import ddim_invert, ddim_render, ddim_timesteps, psnr
+from diffex.errors import DiffexError
+from diffex.quality import format_gate, largest_object_area
+
+from conftest import TINY_UNET
+
+
+def _tiny_cfg(**kw):
+    base = dict(size=16, steps=4, batch_size=4, checkpoint_every=2, unet=UNetSpec(**TINY_UNET),
+                gate_samples=4, gate_sample_steps=3, roundtrip_steps=3)
+    base.update(kw)
+    return DiffusionTrainConfig(**base)
+
+
+def test_folder_is_diffusers_layout(tiny_diffusion):
+    from diffusers import UNet2DModel
+
+    out, dm, gate = tiny_diffusion
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "diffex.json", "checksums.json"} <= names
+    unet = UNet2DModel.from_pretrained(out)  # opens with plain diffusers
+    assert unet.config.in_channels == 2 and unet.config.sample_size == 16
+    meta = json.loads((out / "diffex.json").read_text())
+    assert meta["channel_names"] == ["DNA", "Actin"] and meta["normalization"]["method"] == "percentile"
+    assert meta["quality_gate"] == gate and meta["training"]["n_train"] + meta["training"]["n_heldout"] == 24
+
+
+def test_save_load_identical_outputs(tiny_diffusion):
+    out, dm, _ = tiny_diffusion
+    again = DiffusionModel.load(out)
+    x = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eps(x, 500), dm.eps(x, 500), rtol=0, atol=0)
+    assert again.info.normalization == dm.info.normalization
+
+
+def test_resume_after_crash_equals_uninterrupted(cells, tiny_diffusion, tmp_path, monkeypatch):
+    import diffex.diffusion_train as dt
+
+    out_ref, dm_ref, _ = tiny_diffusion
+    calls = {"n": 0}
+    real = dt.augment
+
+    def crash_on_third_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dt, "augment", crash_on_third_step)
+    out = tmp_path / "dm"
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(cells, out, _tiny_cfg(), device="cpu", show_progress=False)
+    assert not out.exists() and (tmp_path / "dm.training" / "state.pt").exists()
+    monkeypatch.setattr(dt, "augment", real)
+    dm, _ = train_diffusion(cells, out, _tiny_cfg(), device="cpu", show_progress=False)
+    for (k, a), (_, b) in zip(dm.unet.state_dict().items(), dm_ref.unet.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_resume_with_other_settings_is_refused(cells, tiny_diffusion, tmp_path):
+    out_ref, _, _ = tiny_diffusion
+    with pytest.raises(DiffexError, match="pass --force"):
+        train_diffusion(cells, out_ref, _tiny_cfg(), device="cpu", show_progress=False)
+    out = tmp_path / "dm"
+    train_diffusion(cells, out, _tiny_cfg(steps=2), device="cpu", show_progress=False)
+    with pytest.raises(DiffexError, match=r"other settings \(lr\)"):
+        train_diffusion(cells, out, _tiny_cfg(steps=4, lr=1e-3), device="cpu", show_progress=False, force=True)
+
+
+def test_foreign_pipeline_layout_loads(tmp_path):
+    from diffusers import DDPMScheduler
+
+    unet = build_unet(UNetSpec(**TINY_UNET), 1, 8)
+    unet.save_pretrained(tmp_path / "unet")
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
+    dm = DiffusionModel.load(tmp_path)
+    assert dm.info.normalization is None and dm.num_train_timesteps == 100
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    torch.testing.assert_close(dm.from_model_space(dm.to_model_space(x)), x)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DiffexError, match="not a local folder"):
+        DiffusionModel.load("google/ddpm-cifar10-32")
+    build_unet(UNetSpec(**TINY_UNET), 1, 8).save_pretrained(tmp_path)
+    with pytest.raises(DiffexError, match="no scheduler_config.json"):
+        DiffusionModel.load(tmp_path)
+
+
+def test_build_unet_validates():
+    with pytest.raises(DiffexError, match="not divisible"):
+        build_unet(UNetSpec(block_out_channels=(8, 16, 32), norm_num_groups=8), 1, 18)
+
+
+def test_ddim_timesteps_trailing():
+    assert ddim_timesteps(1000, 4).tolist() == [249, 499, 749, 999]
+    assert ddim_timesteps(10, 10).tolist() == list(range(10))
+
+
+class _OracleUNet(torch.nn.Module):
+    """The exact noise predictor for data concentrated on one image x*: eps = (x_t - sqrt(a) x*) / sqrt(1 - a)."""
+
+    def __init__(self, x_star, acp):
+        super().__init__()
+        self.x_star, self.acp = x_star, acp
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        a = float(self.acp[int(t)])
+        out = (x - math.sqrt(a) * self.x_star) / math.sqrt(1 - a)
+        return type("Out", (), {"sample": out})()
+
+
+def test_ddim_round_trip_is_exact_for_the_exact_denoiser():
+    x_star = torch.rand(1, 2, 8, 8) * 2 - 1
+    sched = default_scheduler_config()
+    probe = DiffusionModel(build_unet(UNetSpec(**TINY_UNET), 2, 8), sched, DiffusionInfo(2, 8))
+    dm = DiffusionModel(_OracleUNet(x_star, probe.alphas_cumprod), sched, DiffusionInfo(2, 8))
+    xt = ddim_invert(dm, x_star, steps=10)
+    torch.testing.assert_close(ddim_render(dm, xt, steps=10), x_star, rtol=1e-4, atol=1e-4)
+    assert float(psnr(ddim_render(dm, xt, steps=10), x_star)[0]) > 60
+
+
+def test_gate_is_recorded_and_printed(tiny_diffusion):
+    _, _, gate = tiny_diffusion
+    assert {r["measure"] for r in gate["statistics"]} == {"mean_intensity", "object_area"}
+    assert gate["roundtrip"]["n_images"] == 2 and gate["n_samples"] == 4
+    text = format_gate(gate)
+    assert "DDIM round trip" in text and ("PASSED" in text or "FAILED" in text)
+
+
+def test_largest_object_area():
+    img = np.zeros((20, 20))
+    img[2:6, 2:6] = 1.0  # 16 px
+    img[10:18, 10:18] = 1.0  # 64 px
+    assert largest_object_area(img) == 64
+    assert largest_object_area(np.ones((4, 4))) == 0

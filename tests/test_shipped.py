@@ -1,0 +1,41 @@
+"""The shipped sample models load and do what sample_data/README.md says they do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SAMPLE
+from diffex.classifier import load_classifier
+from diffex.classifier_train import evaluate
+from diffex.dataset import discover, load_images
+from diffex.diffusion import DiffusionModel
+from diffex.inspect import inspect_setup
+
+CLF = SAMPLE / "models" / "classifier"
+DM = SAMPLE / "models" / "diffusion"
+
+
+def test_sample_data_is_small():
+    total = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
+    assert total < 40e6, f"sample_data is {total / 1e6:.1f} MB"
+
+
+def test_shipped_classifier_accuracy_on_shipped_heldout_set():
+    clf = load_classifier(CLF)
+    imgs = load_images(discover(SAMPLE / "heldout"), clf.info.image_size, show_progress=False)
+    metrics = evaluate(clf, imgs.raw, imgs.labels(list(clf.info.class_names)))
+    assert metrics["n_images"] == 200
+    assert metrics["accuracy"] >= 0.88, metrics  # 90 % held out at training; a fresh set of 200 may vary a little
+    assert clf.info.training["heldout_accuracy"] >= 0.90
+
+
+def test_shipped_models_fit_together_and_record_their_gate():
+    report = inspect_setup(CLF, DM)
+    assert report["compatible"], report["problems"]
+    dm = DiffusionModel.load(DM)
+    gate = dm.info.quality_gate
+    assert gate["roundtrip"]["steps"] == 20 and gate["n_samples"] == 256
+    meta = json.loads((DM / "diffex.json").read_text())
+    assert meta["training"]["command"].startswith("diffex train-diffusion")
