@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffex.classifier import Classifier, ClassifierInfo, build_timm
 from diffex.augment import AUGMENTATIONS, augment
 from diffex.config import from_dict, to_dict
-from diffex.dataset import discover, load_images, require_conditions, split_heldout
+from diffex.dataset import discover, load_images, relative_path, require_conditions, split_heldout
 from diffex.errors import DiffexError
 from diffex.fsutil import refuse_overwrite
 from diffex.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
@@ -175,7 +175,7 @@ def train_classifier(
         "seed": cfg.seed,
         "n_train": int(len(train_idx)),
         "n_heldout": int(len(held_idx)),
-        "heldout": [str(data.records[i].path) for i in held_idx],
+        "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
         "geometry": describe_geometry(cfg.resize_mode, cfg.size),
         "original_shape": list(data.original_shape),
         "train_accuracy": train_metrics["accuracy"],

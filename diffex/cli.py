@@ -34,6 +34,10 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite a finished re
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file with settings; unknown keys are errors. Flags override it.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to (model input size).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of the split, initialization and sampling.")]
 
 
 def _command_line() -> str:
@@ -57,9 +61,13 @@ def _run(fn):
         raise typer.Exit(130) from None
 
 
-def _overrides(**kwargs) -> dict:
-    """Flags that were given (not None), for merging over a YAML config."""
-    return {k: v for k, v in kwargs.items() if v is not None}
+def _config(build, yaml_path: Path | None, **flags):
+    """A config from a YAML file (if given) with the flags that were given (not None) on top."""
+    from diffex.config import load_yaml
+
+    base = load_yaml(yaml_path) if yaml_path else {}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return build(base)
 
 
 @app.command("synthetic")
@@ -84,11 +92,11 @@ def synthetic_cmd(
 def train_diffusion_cmd(
     images: ImagesOpt,
     out: Annotated[Path, typer.Option("--out", help="Model folder to write (diffusers layout).")],
-    size: Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to.")] = None,
+    size: SizeOpt = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
     config: ConfigOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
@@ -99,14 +107,11 @@ def train_diffusion_cmd(
 ):
     """Train a diffusion model (diffusers UNet2DModel, DDPM, EMA); resumes an interrupted run."""
     show = _setup(quiet, verbose)
-    from diffex.config import load_yaml
     from diffex.diffusion_train import config_from_yaml_dict, train_diffusion
     from diffex.quality import format_gate
 
     def go():
-        base = load_yaml(config) if config else {}
-        base.update(_overrides(size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed))
-        cfg = config_from_yaml_dict(base)
+        cfg = _config(config_from_yaml_dict, config, size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
         return train_diffusion(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
 
     _, gate = _run(go)
@@ -120,11 +125,11 @@ def train_classifier_cmd(
     images: ImagesOpt,
     out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
     arch: Annotated[Optional[str], typer.Option("--arch", help="timm architecture, e.g. resnet18, regnetx_002.")] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to.")] = None,
+    size: SizeOpt = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
     config: ConfigOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
@@ -135,12 +140,9 @@ def train_classifier_cmd(
     """Train a timm classifier with a held-out split; writes a model folder with its accuracy."""
     show = _setup(quiet, verbose)
     from diffex.classifier_train import config_from_yaml_dict, train_classifier
-    from diffex.config import load_yaml
 
     def go():
-        base = load_yaml(config) if config else {}
-        base.update(_overrides(arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
-        cfg = config_from_yaml_dict(base)
+        cfg = _config(config_from_yaml_dict, config, arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
         return train_classifier(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
 
     _, metrics = _run(go)

@@ -253,3 +253,19 @@ def split_heldout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
         held.extend(idx[:n_held])
         train.extend(idx[n_held:])
     return np.sort(np.array(train)), np.sort(np.array(held))
+
+
+def relative_path(path: Path, source: str | Path) -> str:
+    """``path`` relative to the image folder (or the manifest's folder) when inside it, for records.
+
+    Example
+    -------
+    >>> relative_path(Path("/data/exp/ctrl/a.tif"), "/data/exp")
+    'ctrl/a.tif'
+    """
+    root = Path(source)
+    root = root.parent if root.is_file() else root
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from diffex.augment import AUGMENTATIONS, augment
 from diffex.config import from_dict, to_dict
-from diffex.dataset import discover, load_images, split_heldout
+from diffex.dataset import discover, load_images, relative_path, split_heldout
 from diffex.diffusion import (
     DiffusionInfo,
     DiffusionModel,
@@ -253,7 +253,7 @@ def train_diffusion(
         "images": str(images),
         "n_train": int(len(train_idx)),
         "n_heldout": int(len(held_idx)),
-        "heldout": [str(data.records[i].path) for i in held_idx],
+        "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
         "geometry": describe_geometry(cfg.resize_mode, cfg.size),
         "original_shape": list(data.original_shape),
         "parameters": count_parameters(unet),

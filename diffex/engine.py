@@ -1,8 +1,12 @@
-"""Deterministic DDIM (eta = 0): inversion of real images and rendering from x_T.
+"""Deterministic DDIM (eta = 0): inversion of real images, rendering from x_T, h-space edits.
 
 Inversion and rendering share one timestep grid (trailing spacing, ``steps`` steps ending at
 t = T - 1), so that rendering an inverted x_T reproduces the image up to the discretization error
 of the ODE. Nothing is clipped.
+
+h-space is the output of the UNet's mid block. An edit adds an offset ``delta`` (B, *h_shape) to
+it at every step with t >= ``t_edit``, through a forward hook on ``unet.mid_block``
+(:func:`mid_block_offset`); :func:`record_h` captures h instead.
 
 Example
 -------
@@ -18,7 +22,9 @@ torch.Size([2, 1, 8, 8])
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -63,15 +69,80 @@ def ddim_invert(dm, x0: torch.Tensor, steps: int = DEFAULT_STEPS, batch_size: in
     return x
 
 
+@contextlib.contextmanager
+def mid_block_offset(unet, delta: torch.Tensor | None) -> Iterator[None]:
+    """While active, ``unet.mid_block`` returns ``h + delta`` (delta broadcast to (B, *h_shape))."""
+    if delta is None:
+        yield
+        return
+    handle = unet.mid_block.register_forward_hook(lambda _m, _inp, out: out + delta.to(out.dtype))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def record_h(unet, store: list) -> Iterator[None]:
+    """While active, append each mid-block output (B, *h_shape) to ``store`` (detached)."""
+    handle = unet.mid_block.register_forward_hook(lambda _m, _inp, out: store.append(out.detach()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def h_shape(dm) -> tuple[int, ...]:
+    """Shape of one image's h (e.g. (128, 4, 4)), found by a dry forward pass."""
+    store: list = []
+    x = torch.zeros(1, dm.info.in_channels, dm.info.image_size, dm.info.image_size, device=dm.device)
+    with torch.no_grad(), record_h(dm.unet, store):
+        dm.eps(x, 0)
+    return tuple(store[0].shape[1:])
+
+
 @torch.no_grad()
-def ddim_render(dm, xt: torch.Tensor, steps: int = DEFAULT_STEPS, batch_size: int | None = None) -> torch.Tensor:
-    """Denoise x_T (B, C, H, W) to clean images in model space by deterministic DDIM."""
+def ddim_render(
+    dm,
+    xt: torch.Tensor,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int | None = None,
+    delta: torch.Tensor | None = None,
+    t_edit: int = 0,
+    asymmetric: bool = False,
+) -> torch.Tensor:
+    """Denoise x_T (B, C, H, W) to clean images in model space by deterministic DDIM.
+
+    Parameters
+    ----------
+    delta : Tensor, optional
+        h-space offset, (B, *h_shape) or broadcastable, added for every step with t >= ``t_edit``.
+    asymmetric : bool
+        Asyrp-style: the edited noise prediction enters only the predicted-x0 term; the direction
+        term keeps the unedited one (two UNet passes per edited step). Default: symmetric.
+    """
     ts = ddim_timesteps(dm.num_train_timesteps, steps)
     x = xt.to(dm.device, torch.float32)
+    if delta is not None:
+        delta = delta.to(dm.device, torch.float32)
+        if batch_size is not None and delta.dim() > 0 and delta.shape[0] == x.shape[0] and x.shape[0] > batch_size:
+            # Chunked rendering with per-image offsets: recurse per chunk so offsets stay aligned.
+            return torch.cat([
+                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric)
+                for xc, dc in zip(x.split(batch_size), delta.split(batch_size))
+            ])
     for i in range(len(ts) - 1, -1, -1):
         t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
-        eps = _eps_batched(dm, x, t, batch_size)
-        x = _ddim_step(x, eps, _alpha(dm, t), _alpha(dm, prev))
+        a_t, a_prev = _alpha(dm, t), _alpha(dm, prev)
+        if delta is None or t < t_edit:
+            eps = _eps_batched(dm, x, t, batch_size)
+            x = _ddim_step(x, eps, a_t, a_prev)
+            continue
+        with mid_block_offset(dm.unet, delta):
+            eps_edit = _eps_batched(dm, x, t, batch_size)
+        eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else eps_edit
+        x0 = (x - math.sqrt(1 - a_t) * eps_edit) / math.sqrt(a_t)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps_dir
     return x
 
 
