@@ -33,7 +33,7 @@ from diffex.errors import DiffexError
 from diffex.fsutil import refuse_overwrite
 from diffex.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
 from diffex.progress import make_progress
-from diffex.runtime import resolve_device, software_versions
+from diffex.runtime import describe_device, resolve_device, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def train_classifier(
         "confusion_matrix": held["confusion_matrix"],
         "duration_s": round(duration, 1),
         "device": str(dev),
+        "device_name": describe_device(dev),
         "software": software_versions(),
     }
     clf = Classifier(module.cpu().eval(), ClassifierInfo(**{**info.__dict__, "training": training}))

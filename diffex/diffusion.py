@@ -27,12 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
 
-import numpy as np
 import torch
 
 from diffex.errors import DiffexError
@@ -254,14 +253,5 @@ def default_scheduler_config(num_train_timesteps: int = 1000, beta_schedule: str
     return dict(sched.config)
 
 
-def with_info(model: DiffusionModel, **changes) -> DiffusionModel:
-    """The same model with some :class:`DiffusionInfo` fields replaced."""
-    return DiffusionModel(model.unet, model.scheduler_config, replace(model.info, **changes))
-
-
 def count_parameters(module: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
-
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().float().cpu().numpy()

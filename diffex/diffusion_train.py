@@ -42,7 +42,7 @@ from diffex.fsutil import atomic_file, refuse_overwrite
 from diffex.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
 from diffex.progress import make_progress
 from diffex.quality import quality_gate
-from diffex.runtime import resolve_device, software_versions
+from diffex.runtime import describe_device, resolve_device, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ def train_diffusion(
         "final_loss": loss_avg,
         "duration_s": round(elapsed, 1),
         "device": str(dev),
+        "device_name": describe_device(dev),
         "software": software_versions(),
     }
     final = DiffusionModel(ema_model.unet, model.scheduler_config, replace(info, training=training, quality_gate=gate))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -286,8 +286,3 @@ def generate_dataset(
     tmp_gt.replace(ground_truth)
     log.info("wrote %d images to %s and factors to %s", len(rows), out, ground_truth)
     return ground_truth
-
-
-def spec_as_dict(spec: SyntheticSpec) -> dict:
-    """Plain-value view of a spec (for provenance files)."""
-    return asdict(spec)

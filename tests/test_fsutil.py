@@ -26,7 +26,7 @@ def test_atomic_dir_force_replaces_and_keeps_old_on_failure(tmp_path):
         with atomic_dir(tmp_path / "out"):
             pass
     with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "out", force=True) as tmp:
+        with atomic_dir(tmp_path / "out", force=True):
             raise RuntimeError
     assert (tmp_path / "out" / "v").read_text() == "1"
     with atomic_dir(tmp_path / "out", force=True) as tmp:
@@ -38,7 +38,7 @@ def test_atomic_dir_force_replaces_and_keeps_old_on_failure(tmp_path):
 def test_permissions_follow_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        with atomic_dir(tmp_path / "d") as tmp:
+        with atomic_dir(tmp_path / "d"):
             pass
         with atomic_file(tmp_path / "f") as fh:
             fh.write("x")

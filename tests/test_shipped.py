@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from conftest import SAMPLE
 from diffex.classifier import load_classifier
 from diffex.classifier_train import evaluate
