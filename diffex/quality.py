@@ -81,6 +81,8 @@ def compare_statistics(
                     "sample_mean": float(s.mean()),
                     "data_sd": float(r.std()),
                     "sample_sd": float(s.std()),
+                    "data_median": float(np.median(r)),
+                    "sample_median": float(np.median(s)),
                     "rel_mean_diff": rel_mean,
                     "rel_sd_diff": rel_sd,
                     "passed": bool(abs(rel_mean) <= mean_tol and abs(rel_sd) <= spread_tol),
@@ -142,12 +144,13 @@ def format_gate(gate: dict) -> str:
     """The gate as a plain-text table for the terminal and the README."""
     lines = [
         f"{'channel':<10} {'measure':<15} {'data mean':>10} {'sample mean':>12} {'diff':>7} "
-        f"{'data sd':>9} {'sample sd':>10} {'diff':>7}  ok",
+        f"{'data sd':>9} {'sample sd':>10} {'diff':>7} {'median diff':>12}  ok",
     ]
     for r in gate["statistics"]:
         lines.append(
             f"{r['channel']:<10} {r['measure']:<15} {r['data_mean']:>10.1f} {r['sample_mean']:>12.1f} "
-            f"{r['rel_mean_diff']:>+7.1%} {r['data_sd']:>9.1f} {r['sample_sd']:>10.1f} {r['rel_sd_diff']:>+7.1%}  "
+            f"{r['rel_mean_diff']:>+7.1%} {r['data_sd']:>9.1f} {r['sample_sd']:>10.1f} {r['rel_sd_diff']:>+7.1%} "
+            f"{_rel(r['sample_median'], r['data_median']):>+12.1%}  "
             f"{'yes' if r['passed'] else 'NO'}"
         )
     rt = gate["roundtrip"]

@@ -138,6 +138,7 @@ def test_ddim_round_trip_is_exact_for_the_exact_denoiser():
 def test_gate_is_recorded_and_printed(tiny_diffusion):
     _, _, gate = tiny_diffusion
     assert {r["measure"] for r in gate["statistics"]} == {"mean_intensity", "object_area"}
+    assert all({"sample_median", "data_median", "rel_sd_diff"} <= set(r) for r in gate["statistics"])
     assert gate["roundtrip"]["n_images"] == 2 and gate["n_samples"] == 4
     text = format_gate(gate)
     assert "DDIM round trip" in text and ("PASSED" in text or "FAILED" in text)
