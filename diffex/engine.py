@@ -44,10 +44,16 @@ def _alpha(dm, t: int) -> float:
     return 1.0 if t < 0 else float(dm.alphas_cumprod[t])
 
 
-def _ddim_step(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
-    """Move x (B, C, H, W) from noise level a_from to a_to along the DDIM ODE given eps."""
+def _ddim_step(
+    x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float, eps_dir: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Move x (B, C, H, W) from noise level a_from to a_to along the DDIM ODE given eps.
+
+    ``eps_dir`` (default ``eps``) is the noise used in the direction term; Asyrp-style edits
+    pass the unedited prediction there and the edited one as ``eps``.
+    """
     x0 = (x - math.sqrt(1 - a_from) * eps) / math.sqrt(a_from)
-    return math.sqrt(a_to) * x0 + math.sqrt(1 - a_to) * eps
+    return math.sqrt(a_to) * x0 + math.sqrt(1 - a_to) * (eps if eps_dir is None else eps_dir)
 
 
 def _eps_batched(dm, x: torch.Tensor, t: int, batch_size: int | None) -> torch.Tensor:
@@ -140,9 +146,8 @@ def ddim_render(
             continue
         with mid_block_offset(dm.unet, delta):
             eps_edit = _eps_batched(dm, x, t, batch_size)
-        eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else eps_edit
-        x0 = (x - math.sqrt(1 - a_t) * eps_edit) / math.sqrt(a_t)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps_dir
+        eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else None
+        x = _ddim_step(x, eps_edit, a_t, a_prev, eps_dir)
     return x
 
 
