@@ -176,6 +176,40 @@ def inspect_cmd(
         raise typer.Exit(2)
 
 
+@app.command("explain")
+def explain_cmd(
+    classifier: Annotated[Path, typer.Option("--classifier", help="Classifier model folder or TorchScript file.")],
+    images: ImagesOpt,
+    diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="Diffusion model folder (default: from --config or recorded with the classifier).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Experiment folder (default: diffex-IMAGES).")] = None,
+    config: ConfigOpt = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="Direction method; repeat for a union (gradient, pca, jacobian, contrastive).")] = None,
+    seed: SeedOpt = None,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "auto",
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Find and rank the h-space attributes that change the classifier's decision, with counterfactual traversals."""
+    show = _setup(quiet, verbose)
+    from diffex.pipeline import config_from_dict, explain
+
+    def go():
+        cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed)
+        return explain(classifier, images, out, diffusion, cfg, device=device, axes=axes, trust_checkpoint=trust_checkpoint,
+                       force=force, command=_command_line(), show_progress=show)
+
+    res = _run(go)
+    for a in res.attributes:
+        lo, hi = a["delta_p_ci95"]
+        typer.echo(f"towards {a['target']} #{a['rank']}: {a['name']} ({'+' if a['sign'] > 0 else '-'}) "
+                   f"dp {a['mean_delta_p']:+.3f} [{lo:+.3f}, {hi:+.3f}], flips {a['flip_rate']:.0%}, "
+                   f"AUC {a['separation_auc']:.2f}; {a.get('description', '')}")
+    typer.echo(str(res.report))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -32,11 +32,19 @@ import torch
 DEFAULT_STEPS = 20
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> np.ndarray:
-    """Ascending DDIM timesteps with trailing spacing, e.g. T=1000, steps=4 -> [249, 499, 749, 999]."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be between 1 and {num_train_timesteps}, got {steps}")
-    return np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps))[::-1].astype(np.int64) - 1
+def ddim_timesteps(num_train_timesteps: int, steps: int, t_end: int | None = None) -> np.ndarray:
+    """Ascending DDIM timesteps with trailing spacing ending at ``t_end`` (default T - 1).
+
+    e.g. T=1000, steps=4 -> [249, 499, 749, 999]; t_end=699 -> [174, 349, 524, 699]. Ending below
+    T - 1 is a partial inversion: x at ``t_end`` keeps a trace of the image, and the large, least
+    accurate steps near t = T are skipped.
+    """
+    t_end = num_train_timesteps - 1 if t_end is None else int(t_end)
+    if not 0 <= t_end < num_train_timesteps:
+        raise ValueError(f"t_end must be in [0, {num_train_timesteps - 1}], got {t_end}")
+    if not 1 <= steps <= t_end + 1:
+        raise ValueError(f"steps must be between 1 and {t_end + 1}, got {steps}")
+    return np.round(np.arange(t_end + 1, 0, -(t_end + 1) / steps))[::-1].astype(np.int64) - 1
 
 
 def _alpha(dm, t: int) -> float:
@@ -63,9 +71,11 @@ def _eps_batched(dm, x: torch.Tensor, t: int, batch_size: int | None) -> torch.T
 
 
 @torch.no_grad()
-def ddim_invert(dm, x0: torch.Tensor, steps: int = DEFAULT_STEPS, batch_size: int | None = None) -> torch.Tensor:
+def ddim_invert(
+    dm, x0: torch.Tensor, steps: int = DEFAULT_STEPS, batch_size: int | None = None, t_end: int | None = None
+) -> torch.Tensor:
     """Map clean images x0 (B, C, H, W) in model space to x_T by deterministic DDIM inversion."""
-    ts = ddim_timesteps(dm.num_train_timesteps, steps)
+    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
     x = x0.to(dm.device, torch.float32)
     prev = -1
     for t in ts:
@@ -116,6 +126,7 @@ def ddim_render(
     delta: torch.Tensor | None = None,
     t_edit: int = 0,
     asymmetric: bool = False,
+    t_end: int | None = None,
 ) -> torch.Tensor:
     """Denoise x_T (B, C, H, W) to clean images in model space by deterministic DDIM.
 
@@ -127,14 +138,14 @@ def ddim_render(
         Asyrp-style: the edited noise prediction enters only the predicted-x0 term; the direction
         term keeps the unedited one (two UNet passes per edited step). Default: symmetric.
     """
-    ts = ddim_timesteps(dm.num_train_timesteps, steps)
+    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
     x = xt.to(dm.device, torch.float32)
     if delta is not None:
         delta = delta.to(dm.device, torch.float32)
         if batch_size is not None and delta.dim() > 0 and delta.shape[0] == x.shape[0] and x.shape[0] > batch_size:
             # Chunked rendering with per-image offsets: recurse per chunk so offsets stay aligned.
             return torch.cat([
-                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric)
+                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric, t_end)
                 for xc, dc in zip(x.split(batch_size), delta.split(batch_size))
             ])
     for i in range(len(ts) - 1, -1, -1):
@@ -164,3 +175,94 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     """Per-image PSNR in dB between (B, ...) tensors; ``data_range`` 2 for model space [-1, 1]."""
     mse = (a - b).float().pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return 10 * torch.log10(data_range**2 / mse)
+
+
+def ddim_render_differentiable(
+    dm,
+    xt: torch.Tensor,
+    delta: torch.Tensor,
+    steps: int = DEFAULT_STEPS,
+    t_edit: int = 0,
+    asymmetric: bool = False,
+    t_end: int | None = None,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """:func:`ddim_render` with autograd through the sampler, for gradients with respect to ``delta``.
+
+    Each DDIM step is checkpointed (``torch.utils.checkpoint``): memory holds one x per step
+    instead of every UNet activation of every step, at the price of a second forward pass per step
+    during backward (about 3 UNet passes per step in all).
+
+    Example
+    -------
+    >>> delta = torch.zeros(1, *h_shape(dm), requires_grad=True)        # doctest: +SKIP
+    >>> ddim_render_differentiable(dm, xt, delta).sum().backward()      # doctest: +SKIP
+    """
+    from torch.utils.checkpoint import checkpoint as ckpt
+
+    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
+    x = xt.to(dm.device, torch.float32)
+    delta = delta.to(dm.device, torch.float32)
+
+    def step(x_in, d, t, a_t, a_prev):
+        with mid_block_offset(dm.unet, d):
+            eps_edit = dm.eps(x_in, t)
+        eps_dir = None
+        if asymmetric:
+            with torch.no_grad():
+                eps_dir = dm.eps(x_in.detach(), t)
+        return _ddim_step(x_in, eps_edit, a_t, a_prev, eps_dir)
+
+    with torch.enable_grad():
+        for i in range(len(ts) - 1, -1, -1):
+            t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
+            a_t, a_prev = _alpha(dm, t), _alpha(dm, prev)
+            d = delta if t >= t_edit else None
+            if checkpoint:
+                x = ckpt(step, x, d, t, a_t, a_prev, use_reentrant=False)
+            else:
+                x = step(x, d, t, a_t, a_prev)
+    return x
+
+
+def edit_offsets(directions: torch.Tensor, strengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """All direction x strength offsets, (K, S, *h_shape) = strengths * scale * directions.
+
+    ``scale`` turns relative strengths into h units (diffex uses the mean ‖h‖ of the data).
+    """
+    directions = directions.float()  # (K, *h)
+    strengths = torch.as_tensor(strengths, dtype=torch.float32)  # (S,)
+    shape = (1,) * (directions.dim() - 1)
+    return directions[:, None] * (strengths.view(1, -1, *shape) * scale)  # (K, S, *h)
+
+
+@torch.no_grad()
+def render_edits(
+    dm,
+    xt: torch.Tensor,
+    offsets: torch.Tensor,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 32,
+    t_edit: int = 0,
+    asymmetric: bool = False,
+    t_end: int | None = None,
+    on_chunk=None,
+) -> torch.Tensor:
+    """Render every image under every offset: (N, C, H, W) x (E, *h) -> (N, E, C, H, W).
+
+    The N x E pairs are expanded from the cached x_T without copying the inputs per edit and
+    rendered in chunks of ``batch_size`` (each chunk one batched DDIM run), so memory is bounded
+    by the chunk, not by N x E. ``on_chunk(n_done)`` is called after each chunk (progress).
+    """
+    n, e = xt.shape[0], offsets.shape[0]
+    pair_img = torch.arange(n).repeat_interleave(e)  # (N*E,)
+    pair_off = torch.arange(e).repeat(n)  # (N*E,)
+    out = torch.empty((n * e, *xt.shape[1:]), dtype=torch.float32)
+    for start in range(0, n * e, batch_size):
+        sl = slice(start, min(start + batch_size, n * e))
+        x = xt[pair_img[sl]]  # (b, C, H, W)
+        d = offsets[pair_off[sl]]  # (b, *h)
+        out[sl] = ddim_render(dm, x, steps, None, d, t_edit, asymmetric, t_end).cpu()
+        if on_chunk is not None:
+            on_chunk(sl.stop - sl.start)
+    return out.view(n, e, *xt.shape[1:])
