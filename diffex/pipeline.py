@@ -434,7 +434,7 @@ def explain(
             show = [i for i in range(len(img_idx)) if i < cfg.traversal_images or (len(conds) > 1 and i in _first_of_each(att["traversal"]["conditions"], cfg.traversal_images))][:n_show]
             base = out / "traversals" / att["id"]
             for i in show:
-                write_hyperstack(f"{base}_{safe_name(Path(records[img_idx[i]].path).name.split(".")[0])}.tif", raw[i], channel_names, strengths.tolist())
+                write_hyperstack(f"{base}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif", raw[i], channel_names, strengths.tolist())
             grid_png(f"{base}.png", raw[show], ref[show], low, high)
             animated_gif(f"{base}.gif", raw[show], low, high)
             att["files"] = sorted(p.name for p in (out / "traversals").glob(f"{att['id']}*"))

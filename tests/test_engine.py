@@ -89,3 +89,48 @@ def test_batched_edits_equal_sequential(dm, asymmetric):
     # a misaligned offset would differ by O(1).
     torch.testing.assert_close(batched, one_by_one, rtol=1e-3, atol=1e-3)
     assert (batched[1:] - one_by_one[:-1]).abs().max() > 0.1
+
+
+def test_render_edits_batched_equals_sequential(dm):
+    from diffex.engine import edit_offsets, render_edits
+
+    torch.manual_seed(1)
+    xt = torch.randn(3, 2, 16, 16)
+    dirs = torch.randn(2, *h_shape(dm))
+    offs = edit_offsets(dirs, torch.tensor([-1.0, 0.5]), scale=2.0).flatten(0, 1)  # (4, *h)
+    batched = render_edits(dm, xt, offs, steps=4, batch_size=5, t_edit=300, asymmetric=True)  # (3, 4, C, H, W)
+    assert batched.shape == (3, 4, 2, 16, 16)
+    for i in range(3):
+        for e in range(4):
+            one = ddim_render(dm, xt[i : i + 1], 4, delta=offs[e : e + 1], t_edit=300, asymmetric=True)
+            torch.testing.assert_close(batched[i, e], one[0], atol=1e-3, rtol=1e-3)  # float32 batch rounding
+
+
+def test_edit_offsets_scale_and_sign():
+    from diffex.engine import edit_offsets
+
+    d = torch.zeros(1, 2, 1, 1)
+    d[0, 0] = 1.0
+    off = edit_offsets(d, torch.tensor([-2.0, 1.0]), scale=3.0)
+    assert off.shape == (1, 2, 2, 1, 1)
+    assert off[0, 0, 0, 0, 0] == -6.0 and off[0, 1, 0, 0, 0] == 3.0
+
+
+def test_partial_inversion_timesteps():
+    from diffex.engine import ddim_timesteps
+
+    assert ddim_timesteps(1000, 4).tolist() == [249, 499, 749, 999]
+    assert ddim_timesteps(1000, 4, t_end=699).tolist() == [174, 349, 524, 699]
+    with pytest.raises(ValueError):
+        ddim_timesteps(1000, 4, t_end=1000)
+
+
+def test_differentiable_render_matches_no_grad_render(dm):
+    from diffex.engine import ddim_render_differentiable
+
+    torch.manual_seed(2)
+    xt = torch.randn(2, 2, 16, 16)
+    delta = 0.3 * torch.randn(2, *h_shape(dm))
+    ref = ddim_render(dm, xt, 3, delta=delta, t_edit=0, t_end=699)
+    got = ddim_render_differentiable(dm, xt, delta, 3, t_end=699)
+    torch.testing.assert_close(got.detach(), ref, atol=1e-5, rtol=1e-5)
