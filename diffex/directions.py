@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffex.engine import mid_block_offset
+from diffex.engine import frozen, mid_block_offset
 from diffex.errors import DiffexError
 
 Generator = Callable[["DirectionContext", int], tuple[torch.Tensor, list[str]]]
@@ -208,19 +208,12 @@ def jacobian_directions(ctx: DirectionContext, k: int, iterations: int = 3) -> t
             acc += gr[0]
         return acc
 
-    params = list(dm.unet.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with frozen(dm.unet):
         for _ in range(iterations):
             w = torch.stack([jtj(vec) for vec in v])  # (k, *h)
             q, _ = torch.linalg.qr(w.flatten(1).double().T)  # (D, k)
             v = q.T.float().view(k, *ctx.h_shape)
         sv = torch.stack([jtj(vec) for vec in v]).flatten(1).mul(v.flatten(1)).sum(1)  # Rayleigh quotients
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
     order = torch.argsort(-sv)
     return v[order].cpu(), [f"jac{i + 1}" for i in range(k)]
 
@@ -243,11 +236,7 @@ def contrastive_directions(ctx: DirectionContext, k: int, temperature: float = 0
     raw = torch.randn((k, *ctx.h_shape), generator=g).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([raw], lr=0.05)
     alpha = 1.0 * ctx.h_scale
-    params = list(dm.unet.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with frozen(dm.unet):
         with torch.no_grad():
             base = dm.eps(x, t)  # (B, C, H, W)
         xx = x.repeat(k, 1, 1, 1)  # (k*B, C, H, W), direction-major
@@ -266,7 +255,4 @@ def contrastive_directions(ctx: DirectionContext, k: int, temperature: float = 0
             opt.zero_grad()
             loss.backward()
             opt.step()
-    finally:
-        for p, fl in zip(params, flags):
-            p.requires_grad_(fl)
     return _unit(raw.detach()).cpu(), [f"clr{i + 1}" for i in range(k)]

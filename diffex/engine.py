@@ -108,6 +108,20 @@ def record_h(unet, store: list) -> Iterator[None]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """While active, no parameter of ``modules`` requires grad (gradients w.r.t. inputs only)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 def h_shape(dm) -> tuple[int, ...]:
     """Shape of one image's h (e.g. (128, 4, 4)), found by a dry forward pass."""
     store: list = []

@@ -404,14 +404,16 @@ def explain(
             j = int(np.flatnonzero(order == k)[0])
             # examples per condition: most affected and typical (by |Δp of the target| under this edit)
             change = np.abs(probs_edit[:, j, SIGNS.index(sign), class_names.index(att["target"])] - probs_rec[ridx][:, class_names.index(att["target"])])
-            ex = []
+            examples, extra = [], []
             for c in conds:
                 members = np.flatnonzero(labels[ridx] == class_names.index(c))
                 by = members[np.argsort(-change[members], kind="stable")]
-                chosen = [by[0], by[len(by) // 2]][: cfg.traversal_images] + [m for m in by[1:] if m != by[len(by) // 2]][: max(0, cfg.measure_images - 2)]
-                ex += list(dict.fromkeys(int(x) for x in chosen))
+                shown = list(dict.fromkeys([int(by[0]), int(by[len(by) // 2])]))[: cfg.traversal_images]
+                examples += shown
+                extra += [int(m) for m in by if m not in shown][: max(0, cfg.measure_images - len(shown))]
+            ex = examples + extra  # shown examples first; all of them are measured
             img_idx = ridx[ex]
-            tpath = tcache / f"{att['id']}.safetensors"
+            tpath = tcache / f"{att['id']}-{_digest(k, sign, img_idx.tolist(), strengths.tolist(), names[k])}.safetensors"
             if not tpath.exists():
                 offs = engine.edit_offsets(sign * vectors[k : k + 1], torch.as_tensor(strengths), h_scale)[0]  # (F, *h)
                 frames = engine.render_edits(dm, inv["xt"][img_idx], offs, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
@@ -430,8 +432,7 @@ def explain(
             att["traversal"] = {"strengths": strengths.tolist(), "images": [relative_path(records[i].path, images) for i in img_idx],
                                 "conditions": [records[i].condition for i in img_idx],
                                 "p_target": p_tr[..., class_names.index(att["target"])].tolist()}
-            n_show = min(len(img_idx), 2 * cfg.traversal_images)
-            show = [i for i in range(len(img_idx)) if i < cfg.traversal_images or (len(conds) > 1 and i in _first_of_each(att["traversal"]["conditions"], cfg.traversal_images))][:n_show]
+            show = list(range(len(examples)))
             base = out / "traversals" / att["id"]
             for i in show:
                 write_hyperstack(f"{base}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif", raw[i], channel_names, strengths.tolist())
@@ -473,16 +474,6 @@ def explain(
     _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, records, file_sha, images)
     log.info("explain finished in %.0f s: %s", time.time() - t_start, out)
     return ExplainResult(out, results, attributes)
-
-
-def _first_of_each(conditions: list[str], n: int) -> list[int]:
-    seen: dict[str, int] = {}
-    out = []
-    for i, c in enumerate(conditions):
-        if seen.get(c, 0) < n:
-            out.append(i)
-            seen[c] = seen.get(c, 0) + 1
-    return out
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffex.engine import DEFAULT_STEPS, ddim_render_differentiable, h_shape
+from diffex.engine import DEFAULT_STEPS, ddim_render_differentiable, frozen, h_shape
 
 
 def classifier_gradients(
@@ -37,12 +37,8 @@ def classifier_gradients(
     """
     dm = pair.dm
     hs = h_shape(dm)
-    params = [p for m in (dm.unet, pair.clf.module) for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
     out = []
-    try:
+    with frozen(dm.unet, pair.clf.module):
         for start in range(0, xt.shape[0], batch_size):
             x = xt[start : start + batch_size].to(dm.device)  # (b, C, H, W)
             tgt = targets[start : start + batch_size].to(dm.device)  # (b,)
@@ -53,9 +49,6 @@ def classifier_gradients(
             out.append(grad.detach().cpu())
             if on_chunk is not None:
                 on_chunk(x.shape[0])
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
     return torch.cat(out)
 
 

@@ -215,3 +215,18 @@ def test_cli_explain(tiny_classifier, tiny_diffusion, cells, tmp_path):
     bad = CliRunner().invoke(app, ["explain", "--classifier", str(tiny_classifier[0]), "--images", str(cells),
                                    "--diffusion", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "-q"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_acceptance_script_runs_on_an_experiment(tiny_classifier, tiny_diffusion, cells, tmp_path, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    res = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "acc")
+    spec = importlib.util.spec_from_file_location("acc", REPO / "benchmarks" / "explain_acceptance.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(res.out)
+    out = capsys.readouterr().out
+    assert rc in (0, 1) and ("PASSED" in out) == (rc == 0)
+    assert "nucleus_radius" in out
