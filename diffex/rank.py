@@ -119,6 +119,7 @@ def attribute_statistics(
                 "sign": sel.sign,
                 "n_images": int(n),
                 "mean_delta_p": float(eff.mean()),
+                "mean_delta_p_when_selected": sel.mean_effect_on_remaining,  # over images not yet explained
                 "delta_p_ci95": [lo, hi],
                 "flip_rate": float(flips.mean()),
                 "coverage": float(sel.newly_explained / n) if n else 0.0,
