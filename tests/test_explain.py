@@ -230,3 +230,19 @@ def test_acceptance_script_runs_on_an_experiment(tiny_classifier, tiny_diffusion
     out = capsys.readouterr().out
     assert rc in (0, 1) and ("PASSED" in out) == (rc == 0)
     assert "nucleus_radius" in out
+
+
+def test_three_conditions(tiny_diffusion, tmp_path):
+    """Per-target AttFind with three conditions: every target gets its own attribute list."""
+    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+    from diffex.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+
+    spec = SyntheticSpec(conditions={
+        "control": ConditionFactors(8.0, 0.40), "low": ConditionFactors(9.0, 0.46), "high": ConditionFactors(10.0, 0.55)})
+    generate_dataset(tmp_path / "three", 6, seed=5, spec=spec)
+    cfg = ClassifierTrainConfig(arch="test_resnet", size=16, epochs=1, batch_size=6, heldout_fraction=0.2)
+    train_classifier(tmp_path / "three", tmp_path / "clf3", cfg, device="cpu", show_progress=False)
+    res = explain(tmp_path / "clf3", tmp_path / "three", tmp_path / "exp3", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
+    assert res.results["conditions"] == ["control", "high", "low"]
+    assert {a["target"] for a in res.attributes} <= {"control", "high", "low"}
+    assert len(res.results["confusion_matrix"]) == 3
