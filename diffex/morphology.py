@@ -1,8 +1,10 @@
 """Interpretable measurements on images, per channel, with CellProfiler-like column names.
 
 Each channel is segmented by Otsu's threshold and its largest connected object is measured:
-``{Channel}_AreaShape_Area``, ``_Eccentricity``, ``_Solidity``, ``_Center_X``, ``_Center_Y``,
-``{Channel}_Intensity_MeanIntensity`` (inside the object) and ``{Channel}_Intensity_MeanIntensityImage``
+``{Channel}_AreaShape_Area``, ``_Perimeter``, ``_Eccentricity``, ``_Solidity``, ``_Center_X``,
+``_Center_Y``, ``{Channel}_Intensity_MeanIntensity`` (inside the object),
+``{Channel}_Texture_Contrast`` and ``_Homogeneity`` (GLCM inside the object),
+``{Channel}_Count_Objects`` (Otsu components of >= 4 px) and ``{Channel}_Intensity_MeanIntensityImage``
 (whole image). Along a traversal, :func:`trend` tells how each measurement changes with strength.
 
 Example
@@ -21,8 +23,30 @@ from scipy.stats import spearmanr
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
-FEATURES = ("AreaShape_Area", "AreaShape_Eccentricity", "AreaShape_Solidity", "AreaShape_Center_X",
-            "AreaShape_Center_Y", "Intensity_MeanIntensity", "Intensity_MeanIntensityImage")
+FEATURES = ("AreaShape_Area", "AreaShape_Perimeter", "AreaShape_Eccentricity", "AreaShape_Solidity",
+            "AreaShape_Center_X", "AreaShape_Center_Y", "Intensity_MeanIntensity", "Intensity_MeanIntensityImage",
+            "Texture_Contrast", "Texture_Homogeneity", "Count_Objects")
+MIN_OBJECT_AREA = 4  # px; smaller Otsu components are noise and are not counted
+
+
+def texture(ch: np.ndarray, mask: np.ndarray, levels: int = 16) -> tuple[float, float]:
+    """GLCM contrast and homogeneity (distance 1, four angles averaged) inside ``mask``.
+
+    Intensities are quantized to ``levels`` grey levels between the object's 1st and 99th
+    percentiles; pixel pairs touching the background are excluded.
+    """
+    from skimage.feature import graycomatrix, graycoprops
+
+    vals = ch[mask]
+    lo, hi = np.percentile(vals, [1, 99])
+    if hi <= lo:
+        return 0.0, 1.0
+    q = (np.clip((ch - lo) / (hi - lo), 0, 1) * (levels - 1)).astype(np.uint8) + 1
+    q[~mask] = 0  # level 0 = background, dropped below
+    glcm = graycomatrix(q, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=levels + 1, symmetric=True)
+    glcm = glcm[1:, 1:].astype(np.float64)
+    glcm /= np.maximum(glcm.sum(axis=(0, 1), keepdims=True), 1)
+    return float(graycoprops(glcm, "contrast").mean()), float(graycoprops(glcm, "homogeneity").mean())
 
 
 def measure(image: np.ndarray, channel_names: list[str]) -> dict[str, float]:
@@ -35,13 +59,17 @@ def measure(image: np.ndarray, channel_names: list[str]) -> dict[str, float]:
         if ch.max() > ch.min():
             lab = label(ch > threshold_otsu(ch), connectivity=2)
             props = regionprops(lab, intensity_image=ch)
+            vals["Count_Objects"] = float(sum(r.area >= MIN_OBJECT_AREA for r in props))
             if props:
                 p = max(props, key=lambda r: r.area)
                 cy, cx = p.centroid
+                contrast, homogeneity = texture(ch, lab == p.label)
                 vals.update({
-                    "AreaShape_Area": float(p.area), "AreaShape_Eccentricity": float(p.eccentricity),
-                    "AreaShape_Solidity": float(p.solidity), "AreaShape_Center_X": float(cx),
-                    "AreaShape_Center_Y": float(cy), "Intensity_MeanIntensity": float(p.intensity_mean),
+                    "AreaShape_Area": float(p.area), "AreaShape_Perimeter": float(p.perimeter),
+                    "AreaShape_Eccentricity": float(p.eccentricity), "AreaShape_Solidity": float(p.solidity),
+                    "AreaShape_Center_X": float(cx), "AreaShape_Center_Y": float(cy),
+                    "Intensity_MeanIntensity": float(p.intensity_mean),
+                    "Texture_Contrast": contrast, "Texture_Homogeneity": homogeneity,
                 })
         out.update({f"{name}_{k}": v for k, v in vals.items()})
     return out
@@ -86,7 +114,9 @@ def describe(trends: dict[str, dict[str, float]], top: int = 3, min_r: float = 0
     """Plain-language summary of the largest monotone changes, e.g. 'DNA area +18 %, Actin intensity +9 %'."""
     pretty = {"AreaShape_Area": "area", "Intensity_MeanIntensity": "object intensity",
               "Intensity_MeanIntensityImage": "image intensity", "AreaShape_Eccentricity": "eccentricity",
-              "AreaShape_Solidity": "solidity", "AreaShape_Center_X": "x position", "AreaShape_Center_Y": "y position"}
+              "AreaShape_Solidity": "solidity", "AreaShape_Center_X": "x position", "AreaShape_Center_Y": "y position",
+              "AreaShape_Perimeter": "perimeter", "Texture_Contrast": "texture contrast",
+              "Texture_Homogeneity": "texture homogeneity", "Count_Objects": "object count"}
     items = [(k, t) for k, t in trends.items() if abs(t["spearman_r"]) >= min_r and np.isfinite(t["change_at_max"])]
     items.sort(key=lambda kv: -abs(kv[1]["change_at_max"]))
     parts = []

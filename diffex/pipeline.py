@@ -159,6 +159,14 @@ def _stratified(labels: np.ndarray, n: int, seed: int, pool: np.ndarray | None =
     return np.sort(np.concatenate(out))[: max(n, len(np.unique(labels[pool])))]
 
 
+def sample_data_dir() -> Path:
+    """The repository's ``sample_data/`` folder (diffex installed from a checkout, as README says)."""
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    if not (root / "models" / "classifier").is_dir():
+        raise DiffexError(f"{root}: the sample data is not here; `diffex demo` needs diffex installed from a repository checkout")
+    return root
+
+
 def resolve_diffusion(diffusion, cfg: ExplainConfig, clf) -> Path:
     """--diffusion, else the config's ``diffusion``, else the model recorded with the classifier."""
     for cand in (diffusion, cfg.diffusion, (clf.info.training or {}).get("diffusion_model")):
@@ -187,7 +195,7 @@ def _prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
                 "or choose another --out"
             )
     if force:
-        for name in ("results.json", "attributes.csv", "report.html", "provenance.json", "traversals"):
+        for name in ("results.json", "attributes.csv", "morphology.csv", "report.html", "provenance.json", "traversals"):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -399,6 +407,7 @@ def explain(
         low = np.array(norm.low) if norm else np.full(len(channel_names), -1.0)
         high = np.array(norm.high) if norm else np.ones(len(channel_names))
         task = progress.add_task("traversals", total=len(attributes))
+        morph_rows: list[dict] = []
         for att in attributes:
             k, sign = att["candidate"], att["sign"]
             j = int(np.flatnonzero(order == k)[0])
@@ -427,6 +436,12 @@ def explain(
             trends = {m: trend(svals, v.reshape(raw.shape[:2]), meas_ref[m], dm.info.image_size if "Center" in m else 0)
                       for m, v in meas.items()}
             p_tr = pair.probs(frames.flatten(0, 1).to(dev)).numpy().reshape(*raw.shape[:2], -1)
+            for i, im in enumerate(img_idx):
+                for f, st in enumerate(strengths):
+                    morph_rows.append({"attribute": att["id"], "ImageName": relative_path(records[im].path, images),
+                                       "Condition": records[im].condition, "Strength": float(st),
+                                       f"P_{att['target']}": float(p_tr[i, f, class_names.index(att["target"])]),
+                                       **{m: float(v.reshape(raw.shape[:2])[i, f]) for m, v in meas.items()}})
             att["description"] = describe(trends)
             att["morphology"] = trends
             att["traversal"] = {"strengths": strengths.tolist(), "images": [relative_path(records[i].path, images) for i in img_idx],
@@ -471,6 +486,7 @@ def explain(
         "quality_gate_passed": bool((dm.info.quality_gate or {}).get("passed", False)),
         "elapsed_s": round(time.time() - t_start, 1),
     }
+    _write_morphology(out / "morphology.csv", morph_rows)
     _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, records, file_sha, images)
     log.info("explain finished in %.0f s: %s", time.time() - t_start, out)
     return ExplainResult(out, results, attributes)
@@ -480,6 +496,18 @@ def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     m = np.zeros((k, k), dtype=np.int64)
     np.add.at(m, (y, pred), 1)
     return m
+
+
+def _write_morphology(path: Path, rows: list[dict]) -> None:
+    """One row per traversal render: attribute, image, condition, strength, p(target), measurements."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    with atomic_file(path) as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
 ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "mean_delta_p", "delta_p_ci95_low", "delta_p_ci95_high",

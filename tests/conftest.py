@@ -18,12 +18,14 @@ TINY_UNET = {"block_out_channels": (16, 32), "norm_num_groups": 8, "attention_ma
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    slow_selected = "slow" in (config.getoption("-m") or "")
+    skip_slow = pytest.mark.skip(reason="slow; run with `python -m pytest -m slow`")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not slow_selected:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")

@@ -246,3 +246,24 @@ def test_three_conditions(tiny_diffusion, tmp_path):
     assert res.results["conditions"] == ["control", "high", "low"]
     assert {a["target"] for a in res.attributes} <= {"control", "high", "low"}
     assert len(res.results["confusion_matrix"]) == 3
+
+
+def test_report_rerender_and_morphology_csv(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    res = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "rep")
+    rows = list(csv.DictReader(open(res.out / "morphology.csv")))
+    assert rows and {"attribute", "ImageName", "Condition", "Strength", "DNA_AreaShape_Area", "Actin_Texture_Contrast"} <= set(rows[0])
+    (res.out / "report.html").unlink()
+    r = CliRunner().invoke(app, ["report", str(res.out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (res.out / "report.html").read_text().startswith("<!doctype html>")
+    bad = CliRunner().invoke(app, ["report", str(tmp_path), "-q"])
+    assert bad.exit_code == 2 and "results.json" in bad.output
+
+
+@pytest.mark.slow
+def test_demo_on_sample_data(tmp_path):
+    """The README's demo on the shipped models (about 4 min on 2 CPU cores)."""
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert res["n_images"] == 200 and res["attributes"]
