@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import logging
 import zipfile
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from diffex.errors import DiffexError
-from diffex.fsutil import atomic_dir, verify_checksums, write_checksums, write_json
+from diffex.fsutil import atomic_dir, read_json, verify_checksums, write_checksums, write_json
 from diffex.normalize import Normalization
 
 log = logging.getLogger(__name__)
@@ -167,23 +166,11 @@ def _info_from_dict(meta: dict, source: Path, kind: str, where: Path | None = No
     )
 
 
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise DiffexError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DiffexError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DiffexError(f"{path}: expected a JSON object")
-    return data
-
-
 def _load_folder(folder: Path) -> Classifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    meta = _read_json(folder / CONFIG_FILE)
+    meta = read_json(folder / CONFIG_FILE)
     if meta.get("format") != FORMAT:
         raise DiffexError(f"{folder / CONFIG_FILE}: not a diffex classifier config (format {meta.get('format')!r})")
     if not meta.get("arch"):
@@ -242,7 +229,7 @@ def load_classifier(path: str | Path, trust_checkpoint: bool = False, device: st
             f"{path}: no sidecar {sidecar.name} with class_names and normalization; "
             "write one (see docs/formats.md) or use a diffex model folder"
         )
-    meta = _read_json(sidecar)
+    meta = read_json(sidecar)
     if _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")

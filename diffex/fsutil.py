@@ -107,6 +107,20 @@ def write_json(dest: str | Path, obj) -> None:
         fh.write("\n")
 
 
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; a missing file, invalid JSON or a non-object is a DiffexError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffexError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DiffexError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DiffexError(f"{path}: expected a JSON object")
+    return data
+
+
 def write_checksums(folder: Path, name: str = "checksums.json") -> dict[str, str]:
     """Record the SHA-256 of every file in ``folder`` (recursively, except ``name``)."""
     sums = {

@@ -61,18 +61,14 @@ Diffusion model quality gate: {'passed' if results['quality_gate_passed'] else '
 
 def rerender(out: str | Path) -> Path:
     """Rewrite ``out/report.html`` from ``out/results.json`` (no computation)."""
-    import json
-
     from diffex.errors import DiffexError
+    from diffex.fsutil import read_json
 
     out = Path(out)
     res = out / "results.json"
     if not res.exists():
         raise DiffexError(f"{out}: no results.json; not a finished diffex experiment folder")
-    try:
-        results = json.loads(res.read_text())
-    except json.JSONDecodeError as exc:
-        raise DiffexError(f"{res}: not valid JSON ({exc})") from exc
+    results = read_json(res)
     if results.get("format") != "diffex-explain":
         raise DiffexError(f"{res}: not a diffex explain result (format {results.get('format')!r})")
     return write_minimal_report(out, results)
