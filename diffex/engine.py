@@ -122,6 +122,32 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
+class EvaluationCounter:
+    """Counts UNet image-evaluations (one per image per forward pass) while attached.
+
+    Example
+    -------
+    >>> with EvaluationCounter(dm.unet) as n:        # doctest: +SKIP
+    ...     ddim_invert(dm, x0, steps=20)
+    >>> n.images                                      # doctest: +SKIP
+    640
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet, self.images, self._handle = unet, 0, None
+
+    def _hook(self, _module, args, kwargs):
+        x = args[0] if args else kwargs["sample"]
+        self.images += int(x.shape[0])
+
+    def __enter__(self) -> EvaluationCounter:
+        self._handle = self.unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 def h_shape(dm) -> tuple[int, ...]:
     """Shape of one image's h (e.g. (128, 4, 4)), found by a dry forward pass."""
     store: list = []

@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -322,8 +323,17 @@ def explain(
     edit_ts = ts_all[ts_all >= cfg.t_edit]
     asym = cfg.mode == "asymmetric"
 
+    cost: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def counted(stage: str):
+        with engine.EvaluationCounter(dm.unet) as counter:
+            yield
+        cost[stage] = cost.get(stage, 0) + counter.images
+
     with make_progress(show_progress) as progress:
-        inv = invert_cached(pair, imgs.raw, keys, cache / "inversions", cfg, progress)
+        with counted("inversion"):
+            inv = invert_cached(pair, imgs.raw, keys, cache / "inversions", cfg, progress)
         psnr = inv["psnr"][:, 0].numpy()
         h = inv["h"].float()  # (N, S, *h)
         h_scale = float(h.flatten(2).norm(dim=2).mean())
@@ -342,8 +352,9 @@ def explain(
         gidx = _stratified(labels, cfg.gradient_images, cfg.seed + 1, good)
         if not gpath.exists():
             task = progress.add_task("classifier gradients", total=len(gidx))
-            g = classifier_gradients(pair, inv["xt"][gidx], torch.as_tensor(targets[gidx]), cfg.steps, cfg.t_edit, False,
-                                     cfg.t_end, batch_size=min(16, cfg.batch_size), on_chunk=lambda k: progress.advance(task, k))
+            with counted("gradients"):
+                g = classifier_gradients(pair, inv["xt"][gidx], torch.as_tensor(targets[gidx]), cfg.steps, cfg.t_edit, False,
+                                         cfg.t_end, batch_size=min(16, cfg.batch_size), on_chunk=lambda k: progress.advance(task, k))
             _save_tensors(gpath, {"grads": g}, {"images": gidx.tolist()})
         grads = _load_tensors(gpath)[0]["grads"]
 
@@ -353,7 +364,8 @@ def explain(
             task = progress.add_task("candidate directions", total=1)
             ctx = DirectionContext(pair, inv["xrec"][good], h[good], grads, targets[gidx], class_names, edit_ts, h_scale,
                                    seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations)
-            cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
+            with counted("directions"):
+                cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
             _save_tensors(dpath, {"vectors": cands.vectors}, {"names": cands.names, "merged": cands.merged})
             progress.advance(task)
         tens, meta = _load_tensors(dpath)
@@ -367,8 +379,9 @@ def explain(
             offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale)
             offsets = offsets.flatten(0, 1)  # (K'*2, *h): candidate-major, sign minor
             task = progress.add_task("rendering edits", total=len(ridx) * len(offsets))
-            x_edit = engine.render_edits(dm, inv["xt"][ridx], offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym,
-                                         cfg.t_end, on_chunk=lambda k: progress.advance(task, k))
+            with counted("effect_table"):
+                x_edit = engine.render_edits(dm, inv["xt"][ridx], offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym,
+                                             cfg.t_end, on_chunk=lambda k: progress.advance(task, k))
             pe = pair.probs(x_edit.flatten(0, 1).to(dev)).numpy().reshape(len(ridx), len(order), 2, -1)
             buf = io.BytesIO()
             np.savez(buf, probs_edit=pe, images=ridx, order=order)
@@ -425,7 +438,8 @@ def explain(
             tpath = tcache / f"{att['id']}-{_digest(k, sign, img_idx.tolist(), strengths.tolist(), names[k])}.safetensors"
             if not tpath.exists():
                 offs = engine.edit_offsets(sign * vectors[k : k + 1], torch.as_tensor(strengths), h_scale)[0]  # (F, *h)
-                frames = engine.render_edits(dm, inv["xt"][img_idx], offs, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
+                with counted("traversals"):
+                    frames = engine.render_edits(dm, inv["xt"][img_idx], offs, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
                 _save_tensors(tpath, {"frames": frames})
             frames = _load_tensors(tpath)[0]["frames"]  # (n, F, C, H, W) model space
             raw = pair.raw(frames.flatten(0, 1)).numpy().reshape(*frames.shape)
@@ -485,6 +499,7 @@ def explain(
         "attributes": attributes,
         "quality_gate_passed": bool((dm.info.quality_gate or {}).get("passed", False)),
         "elapsed_s": round(time.time() - t_start, 1),
+        "unet_image_evaluations_this_run": cost,  # 0 for stages served from the cache
     }
     _write_morphology(out / "morphology.csv", morph_rows)
     _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, records, file_sha, images)

@@ -134,3 +134,13 @@ def test_differentiable_render_matches_no_grad_render(dm):
     ref = ddim_render(dm, xt, 3, delta=delta, t_edit=0, t_end=699)
     got = ddim_render_differentiable(dm, xt, delta, 3, t_end=699)
     torch.testing.assert_close(got.detach(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_counter_counts_images_per_pass(dm):
+    from diffex.engine import EvaluationCounter
+
+    with EvaluationCounter(dm.unet) as n:
+        xt = ddim_invert(dm, torch.zeros(3, 2, 16, 16), steps=4)
+        ddim_render(dm, xt, 4, delta=torch.zeros(1, *h_shape(dm)), asymmetric=True, t_edit=500)
+    # inversion 3 x 4; rendering: 2 steps below t_edit (1 pass) + 2 at/above it (2 passes); h_shape's dry pass is 1
+    assert n.images == 3 * 4 + 3 * (2 + 2 * 2) + 1

@@ -109,6 +109,7 @@ def test_explain_end_to_end_outputs(tiny_classifier, tiny_diffusion, cells, tmp_
     r = json.loads((out / "results.json").read_text())
     assert r["n_images"] == 16 and r["per_condition"] == {"control": 8, "treated": 8}
     assert len(list((out / "cache" / "inversions").glob("*.safetensors"))) == 16
+    assert r["unet_image_evaluations_this_run"]["inversion"] == 16 * 3 * 2  # 3 steps to invert, 3 to reconstruct
     prov = json.loads((out / "provenance.json").read_text())
     assert len(prov["images"]) == 16 and all(len(i["sha256"]) == 64 for i in prov["images"])
     for a in res.attributes:
@@ -145,6 +146,8 @@ def test_same_seed_same_attributes_and_resume_after_crash(tiny_classifier, tiny_
     res = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "b")
     inv_after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "b" / "cache" / "inversions").iterdir()}
     assert inv_before == inv_after  # inversions were reused, not recomputed
+    assert res.results["unet_image_evaluations_this_run"]["inversion"] == 0
+    assert res.results["unet_image_evaluations_this_run"].get("gradients", 0) == 0  # cached before the crash
     assert (ref.out / "attributes.csv").read_text() == (res.out / "attributes.csv").read_text()
     a = json.loads((ref.out / "results.json").read_text())
     b = json.loads((res.out / "results.json").read_text())
@@ -267,3 +270,18 @@ def test_demo_on_sample_data(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert res["n_images"] == 200 and res["attributes"]
+
+
+def test_minimal_report_escapes_user_strings_and_has_no_urls(tmp_path):
+    from diffex.report_minimal import write_minimal_report
+
+    evil = '<script>alert("x")</script>\'"'
+    att = {"id": "a1", "target": evil, "rank": 1, "name": evil, "sign": 1, "mean_delta_p": 0.5, "delta_p_ci95": [0.4, 0.6],
+           "flip_rate": 0.5, "cumulative_flip_rate": 0.5, "separation_auc": 0.7, "separation_p_value": 0.01,
+           "description": evil, "traversal": {"strengths": [-1.0, 0.0, 1.0]}}
+    results = {"images": evil, "n_images": 2, "per_condition": {evil: 1, "b": 1}, "classifier_accuracy": 1.0,
+               "classifier_accuracy_on_reconstructions": 1.0, "quality_gate_passed": False, "attributes": [att],
+               "inversion": {"steps": 3, "t_end": 699, "psnr_db_mean": 30.0, "psnr_db_min": 29.0, "flagged": [], "min_psnr_db": 25.0}}
+    html = write_minimal_report(tmp_path, results).read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
