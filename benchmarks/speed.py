@@ -1,0 +1,138 @@
+"""Speed benchmark: the DiffEx reference selection vs diffex's, in one process, same candidates.
+
+(a) reference: greedy AttFind re-inverting every remaining image with 50 DDIM steps and rendering
+    20 steps for every image x candidate x sign in every round (:mod:`diffex.reference`);
+(b) diffex: one cached inversion, gradient screening, one batched render of the shortlist.
+
+Both rank the same K candidates (gradient + pca + jacobian from the same images). Prints UNet
+image-evaluations (counted by a hook on the UNet), wall-clock, peak memory and top-M agreement.
+
+Usage (full sizes are GPU runs; CI runs a tiny smoke version through tests/test_benchmarks.py):
+
+    python benchmarks/speed.py --n 64 --k 16 --device cuda
+    python benchmarks/speed.py --n 16 --k 8 --m 2 --device cpu       # CPU-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffex import engine
+from diffex.bridge import ModelPair, check_models
+from diffex.classifier import load_classifier
+from diffex.dataset import discover, load_images
+from diffex.diffusion import DiffusionModel
+from diffex.directions import DirectionContext, generate
+from diffex.pipeline import ExplainConfig, _group_targets, _stratified
+from diffex.rank import attfind
+from diffex.reference import reference_attfind
+from diffex.runtime import describe_device, resolve_device
+from diffex.sensitivity import classifier_gradients, screen
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _peak_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cpu", cfg: ExplainConfig | None = None) -> dict:
+    """Both selections on n images and k candidates; returns the figures as a dict."""
+    cfg = cfg or ExplainConfig()
+    dev = resolve_device(device)
+    clf = load_classifier(classifier, device=dev)
+    dm = DiffusionModel.load(diffusion, device=dev)
+    check_models(clf, dm)
+    pair = ModelPair(clf, dm)
+    names = list(clf.info.class_names)
+    recs = sorted(discover(images), key=lambda r: str(r.path))
+    labels_all = np.array([names.index(r.condition) for r in recs])
+    recs = [recs[i] for i in _stratified(labels_all, n, cfg.seed)]
+    imgs = load_images(recs, dm.info.image_size, dm.info.resize_mode, show_progress=False)
+    labels = imgs.labels(names)
+    x0 = pair.to_model_space(imgs.raw)
+    asym = cfg.mode == "asymmetric"
+    out: dict = {"n": len(recs), "k": k, "m": m, "device": describe_device(dev)}
+
+    # (b) diffex
+    _reset_peak(dev)
+    t0 = time.perf_counter()
+    with engine.EvaluationCounter(dm.unet) as ev_b:
+        xt = engine.ddim_invert(dm, x0, cfg.steps, batch_size=cfg.batch_size, t_end=cfg.t_end)
+        store: list = []
+        with engine.record_h(dm.unet, store):
+            rec = engine.ddim_render(dm, xt, cfg.steps, batch_size=cfg.batch_size, t_end=cfg.t_end)
+        chunks = math.ceil(len(recs) / cfg.batch_size)  # the sampler evaluates chunk by chunk within each step
+        h = torch.stack([torch.cat(store[s * chunks:(s + 1) * chunks]) for s in range(cfg.steps)], 1).cpu()  # (N, S, *h)
+        p_rec = pair.probs(rec).numpy()
+        targets = _group_targets(p_rec, labels)
+        grads = classifier_gradients(pair, xt.cpu(), torch.as_tensor(targets), cfg.steps, cfg.t_edit, False, cfg.t_end,
+                                     batch_size=min(16, cfg.batch_size))
+        h_scale = float(h.flatten(2).norm(dim=2).mean())
+        ts = engine.ddim_timesteps(dm.num_train_timesteps, cfg.steps, cfg.t_end)
+        ctx = DirectionContext(pair, rec.cpu(), h, grads, targets, names, ts[ts >= cfg.t_edit], h_scale, seed=cfg.seed)
+        per = math.ceil(k / 3)
+        cands = generate(ctx, ["gradient", "pca", "jacobian"], per, merge_cos=0.9)
+        vectors = cands.vectors[:k]
+        top = min(cfg.screen_top, len(vectors))
+        order, _ = screen(grads, targets, vectors, top)
+        offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale).flatten(0, 1)
+        x_edit = engine.render_edits(dm, xt, offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
+        p_edit = pair.probs(x_edit.flatten(0, 1)).numpy().reshape(len(recs), len(order), 2, -1)
+        tgt = targets[:, None, None]
+        effect = np.take_along_axis(p_edit, tgt[..., None], -1)[..., 0] - p_rec[np.arange(len(recs)), targets][:, None, None]
+        flipped = p_edit.argmax(-1) == tgt
+        sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
+    wall_b = time.perf_counter() - t0
+    out["diffex"] = {"unet_image_evaluations": ev_b.images, "wall_s": wall_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
+                     "candidates": len(vectors), "rendered": len(order)}
+
+    # (a) reference
+    _reset_peak(dev)
+    t0 = time.perf_counter()
+    with engine.EvaluationCounter(dm.unet) as ev_a:
+        sels = reference_attfind(pair, x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size, asymmetric=asym)
+    wall_a = time.perf_counter() - t0
+    sel_a = [(s.direction, s.sign) for s in sels]
+    out["reference"] = {"unet_image_evaluations": ev_a.images, "wall_s": wall_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
+    out["evaluation_ratio"] = ev_a.images / max(1, ev_b.images)
+    out["wall_ratio"] = wall_a / max(1e-9, wall_b)
+    denom = max(1, min(len(sel_a), m))
+    out["top_m_agreement"] = len(set(sel_a[:m]) & set(sel_b[:m])) / denom
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classifier", default=str(REPO / "sample_data/models/classifier"))
+    ap.add_argument("--diffusion", default=str(REPO / "sample_data/models/diffusion"))
+    ap.add_argument("--images", default=str(REPO / "sample_data/heldout"))
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--m", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Smoke runs of the benchmark scripts at tiny size, so that they cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from conftest import REPO
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
+    from diffex.pipeline import ExplainConfig
+
+    speed = _load("speed")
+    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=4)
+    res = speed.run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cpu", cfg=cfg)
+    assert res["n"] == 6 and res["diffex"]["rendered"] == 2
+    assert res["diffex"]["unet_image_evaluations"] > 0 and res["reference"]["unet_image_evaluations"] > 0
+    assert 0.0 <= res["top_m_agreement"] <= 1.0
+
+
+def test_reference_attfind_recounts_every_round(tiny_classifier, tiny_diffusion):
+    from diffex.bridge import ModelPair
+    from diffex.engine import EvaluationCounter, h_shape
+    from diffex.reference import reference_attfind
+
+    pair = ModelPair(tiny_classifier[1], tiny_diffusion[1])
+    torch.manual_seed(0)
+    x0 = torch.rand(3, 2, 16, 16) * 2 - 1
+    dirs = torch.nn.functional.normalize(torch.randn(2, *h_shape(pair.dm)).flatten(1), dim=1).view(2, *h_shape(pair.dm))
+    with EvaluationCounter(pair.dm.unet) as n:
+        sel = reference_attfind(pair, x0, np.array([1, 0, 1]), dirs, 5.0, 2, invert_steps=4, render_steps=2)
+    assert len(sel) <= 2
+    # the first round alone: 3 images x (4 inversion + 2 reconstruction + 2 directions x 2 signs x 2 steps)
+    assert n.images >= 3 * (4 + 2 + 2 * 2 * 2)
