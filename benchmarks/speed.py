@@ -32,7 +32,7 @@ from diffex.classifier import load_classifier
 from diffex.dataset import discover, load_images
 from diffex.diffusion import DiffusionModel
 from diffex.directions import DirectionContext, generate
-from diffex.pipeline import ExplainConfig, _group_targets, _stratified
+from diffex.pipeline import ExplainConfig, group_targets, stratified_indices
 from diffex.rank import attfind
 from diffex.reference import reference_attfind
 from diffex.runtime import describe_device, resolve_device
@@ -64,7 +64,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     names = list(clf.info.class_names)
     recs = sorted(discover(images), key=lambda r: str(r.path))
     labels_all = np.array([names.index(r.condition) for r in recs])
-    recs = [recs[i] for i in _stratified(labels_all, n, cfg.seed)]
+    recs = [recs[i] for i in stratified_indices(labels_all, n, cfg.seed)]
     imgs = load_images(recs, dm.info.image_size, dm.info.resize_mode, show_progress=False)
     labels = imgs.labels(names)
     x0 = pair.to_model_space(imgs.raw)
@@ -82,7 +82,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         chunks = math.ceil(len(recs) / cfg.batch_size)  # the sampler evaluates chunk by chunk within each step
         h = torch.stack([torch.cat(store[s * chunks:(s + 1) * chunks]) for s in range(cfg.steps)], 1).cpu()  # (N, S, *h)
         p_rec = pair.probs(rec).numpy()
-        targets = _group_targets(p_rec, labels)
+        targets = group_targets(p_rec, labels)
         grads = classifier_gradients(pair, xt.cpu(), torch.as_tensor(targets), cfg.steps, cfg.t_edit, False, cfg.t_end,
                                      batch_size=min(16, cfg.batch_size))
         h_scale = float(h.flatten(2).norm(dim=2).mean())

@@ -37,6 +37,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Side of the square the images are brought to (model input size).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of the split, initialization and sampling.")]
 
 
@@ -158,7 +159,7 @@ def inspect_cmd(
     diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="Local diffusers UNet2DModel folder.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Image folder or CSV manifest.")] = None,
     axes: AxesOpt = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")] = False,
+    trust_checkpoint: TrustOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -187,7 +188,7 @@ def explain_cmd(
     seed: SeedOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")] = False,
+    trust_checkpoint: TrustOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,

@@ -146,7 +146,7 @@ def _load_tensors(path: Path) -> tuple[dict, dict]:
         return {k: fh.get_tensor(k) for k in fh.keys()}, meta
 
 
-def _stratified(labels: np.ndarray, n: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
+def stratified_indices(labels: np.ndarray, n: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
     """Sorted indices of up to n items, proportionally from each label, seeded."""
     pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
     if len(pool) <= n:
@@ -246,7 +246,7 @@ def invert_cached(pair, raw: np.ndarray, keys: list[str], cache: Path, cfg: Expl
     return {name: torch.stack([t[name] for t in loaded]) for name in ("xt", "xrec", "x0", "h", "psnr")}
 
 
-def _group_targets(probs_rec: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def group_targets(probs_rec: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Target class per image: the most probable class other than its own condition."""
     p = probs_rec.copy()
     p[np.arange(len(labels)), labels] = -1
@@ -302,7 +302,7 @@ def explain(
     if missing:
         raise DiffexError(f"{images}: conditions {missing} are not classes of the classifier {class_names}")
     all_labels = np.array([class_names.index(r.condition) for r in records])
-    pick = _stratified(all_labels, cfg.max_images, cfg.seed)
+    pick = stratified_indices(all_labels, cfg.max_images, cfg.seed)
     records = [records[i] for i in pick]
     out = Path(out) if out else Path(f"diffex-{Path(images).stem}")
     cfg_dict = to_dict(cfg)
@@ -345,11 +345,11 @@ def explain(
                 f"{images}: fewer than two conditions have images that invert well (round-trip PSNR >= {cfg.min_psnr} dB); "
                 f"median PSNR {np.median(psnr):.1f} dB. The diffusion model does not fit these images"
             )
-        targets = _group_targets(probs_rec, labels)
+        targets = group_targets(probs_rec, labels)
 
         # ---- gradients
         gpath = cache / "gradients.safetensors"
-        gidx = _stratified(labels, cfg.gradient_images, cfg.seed + 1, good)
+        gidx = stratified_indices(labels, cfg.gradient_images, cfg.seed + 1, good)
         if not gpath.exists():
             task = progress.add_task("classifier gradients", total=len(gidx))
             with counted("gradients"):
@@ -373,7 +373,7 @@ def explain(
 
         # ---- screening and the effect table
         order, scores = screen(grads, targets[gidx], vectors, min(cfg.screen_top, len(names)))
-        ridx = _stratified(labels, cfg.rank_images, cfg.seed + 2, good)
+        ridx = stratified_indices(labels, cfg.rank_images, cfg.seed + 2, good)
         epath = cache / "effects.npz"
         if not epath.exists():
             offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale)
