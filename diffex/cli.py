@@ -77,15 +77,22 @@ def synthetic_cmd(
     n_per_condition: Annotated[int, typer.Option("--n", help="Images per condition.")] = 400,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Factor CSV (default: OUT_factors.csv beside OUT).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML of generator parameters (SyntheticSpec; default: the sample data's).")] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ):
     """Generate two-condition synthetic cells with known differentiating factors (ground truth)."""
     _setup(quiet, verbose)
-    from diffex.synthetic import generate_dataset
+    from diffex.synthetic import generate_dataset, spec_from_dict
 
-    gt = _run(lambda: generate_dataset(out, n_per_condition, seed, ground_truth=ground_truth, force=force))
+    def go():
+        from diffex.config import load_yaml
+
+        spec = spec_from_dict(load_yaml(config)) if config else None
+        return generate_dataset(out, n_per_condition, seed, spec=spec, ground_truth=ground_truth, force=force)
+
+    gt = _run(go)
     typer.echo(str(gt))
 
 
@@ -219,9 +226,9 @@ def report_cmd(
 ):
     """Re-render EXPERIMENT/report.html from its results, without recomputing anything."""
     _setup(quiet, verbose)
-    from diffex.report_minimal import rerender
+    from diffex.report import write_report
 
-    typer.echo(str(_run(lambda: rerender(experiment))))
+    typer.echo(str(_run(lambda: write_report(experiment))))
 
 
 @app.command("demo")

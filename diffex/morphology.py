@@ -110,17 +110,30 @@ def trend(strengths: np.ndarray, values: np.ndarray, reference: np.ndarray, imag
     }
 
 
-def describe(trends: dict[str, dict[str, float]], top: int = 3, min_r: float = 0.5) -> str:
-    """Plain-language summary of the largest monotone changes, e.g. 'DNA area +18 %, Actin intensity +9 %'."""
-    pretty = {"AreaShape_Area": "area", "Intensity_MeanIntensity": "object intensity",
-              "Intensity_MeanIntensityImage": "image intensity", "AreaShape_Eccentricity": "eccentricity",
-              "AreaShape_Solidity": "solidity", "AreaShape_Center_X": "x position", "AreaShape_Center_Y": "y position",
-              "AreaShape_Perimeter": "perimeter", "Texture_Contrast": "texture contrast",
-              "Texture_Homogeneity": "texture homogeneity", "Count_Objects": "object count"}
+PRETTY = {"AreaShape_Area": "area", "Intensity_MeanIntensity": "object intensity",
+          "Intensity_MeanIntensityImage": "image intensity", "AreaShape_Eccentricity": "eccentricity",
+          "AreaShape_Solidity": "solidity", "AreaShape_Center_X": "x position", "AreaShape_Center_Y": "y position",
+          "AreaShape_Perimeter": "perimeter", "Texture_Contrast": "texture contrast",
+          "Texture_Homogeneity": "texture homogeneity", "Count_Objects": "object count"}
+
+
+def measurement_label(column: str) -> str:
+    """Plain name of a measurement column, e.g. 'DNA_AreaShape_Area' -> 'DNA area'."""
+    ch, _, feat = column.partition("_")
+    for key, text in PRETTY.items():
+        if column.endswith("_" + key):
+            return f"{column[: -len(key) - 1]} {text}"
+    return f"{ch} {feat}".strip()
+
+
+def salient(trends: dict[str, dict[str, float]], top: int = 3, min_r: float = 0.5) -> list[str]:
+    """Columns with the largest monotone change (|median Spearman r| >= min_r), largest first."""
     items = [(k, t) for k, t in trends.items() if abs(t["spearman_r"]) >= min_r and np.isfinite(t["change_at_max"])]
     items.sort(key=lambda kv: -abs(kv[1]["change_at_max"]))
-    parts = []
-    for k, t in items[:top]:
-        ch, feat = k.split("_", 1)
-        parts.append(f"{ch} {pretty.get(feat, feat)} {t['change_at_max']:+.0%}")
+    return [k for k, _ in items[:top]]
+
+
+def describe(trends: dict[str, dict[str, float]], top: int = 3, min_r: float = 0.5) -> str:
+    """Plain-language summary of the largest monotone changes, e.g. 'DNA area +18 %, Actin intensity +9 %'."""
+    parts = [f"{measurement_label(k)} {trends[k]['change_at_max']:+.0%}" for k in salient(trends, top, min_r)]
     return ", ".join(parts) if parts else "no consistent morphological change measured"

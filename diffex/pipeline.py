@@ -467,6 +467,12 @@ def explain(
                 write_hyperstack(f"{base}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif", raw[i], channel_names, strengths.tolist())
             grid_png(f"{base}.png", raw[show], ref[show], low, high)
             animated_gif(f"{base}.gif", raw[show], low, high)
+            att["traversal"]["shown"] = [
+                {"index": i, "image": relative_path(records[img_idx[i]].path, images), "condition": records[img_idx[i]].condition,
+                 "file": f"{base.name}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif"} for i in show]
+            # the attribute coordinate of every usable image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
+            coord = sign * proj[:, k] / h_scale
+            att["coordinate"] = {c: [round(float(v), 5) for v in coord[good][labels[good] == class_names.index(c)]] for c in conds}
             att["files"] = sorted(p.name for p in (out / "traversals").glob(f"{att['id']}*"))
             progress.advance(task)
 
@@ -490,6 +496,11 @@ def explain(
         "inversion": {"steps": cfg.steps, "t_end": cfg.t_end, "psnr_db_mean": float(psnr.mean()),
                       "psnr_db_min": float(psnr.min()), "psnr_db_median": float(np.median(psnr)),
                       "min_psnr_db": cfg.min_psnr, "flagged": flagged},
+        "diffusion_model": {"image_size": dm.info.image_size, "parameters": int(sum(p.numel() for p in dm.unet.parameters())),
+                            "training_steps": ((dm.info.training or {}).get("config") or {}).get("steps"),
+                            "training_images": (dm.info.training or {}).get("n_train")},
+        "config": cfg_dict,
+        "display_ranges": {c: [float(low[j]), float(high[j])] for j, c in enumerate(channel_names)},
         "h_shape": list(h.shape[2:]),
         "h_scale": h_scale,
         "candidates": [{"index": i, "name": n, "screening_score": float(scores[i]), "rendered": bool(i in order),
@@ -531,7 +542,7 @@ ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "mean_delta_p
 
 
 def _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, records, file_sha, images) -> None:
-    from diffex.report_minimal import write_minimal_report
+    from diffex.report import write_report
 
     with atomic_file(out / "attributes.csv") as fh:
         w = csv.writer(fh, lineterminator="\n")
@@ -552,5 +563,5 @@ def _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, re
         "images": [{"path": relative_path(r.path, images), "condition": r.condition, "sha256": s} for r, s in zip(records, file_sha)],
     }
     write_json(out / "provenance.json", provenance)
-    write_minimal_report(out, results)
+    write_report(out, results)
     write_json(out / "results.json", results)  # last: its presence marks a finished experiment

@@ -17,6 +17,8 @@ import numpy as np
 
 from diffex.fsutil import atomic_file
 
+BRIGHTER = np.array([1.0, 0.25, 0.2])  # difference maps: colour of a brighter render
+DARKER = np.array([0.25, 0.6, 1.0])  # and of a darker one
 PALETTE = np.array([[0.25, 0.45, 1.0], [0.2, 1.0, 0.3], [1.0, 0.2, 0.9], [1.0, 0.85, 0.2], [0.2, 0.9, 1.0]])
 
 
@@ -47,11 +49,14 @@ def composite(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def difference_map(raw: np.ndarray, reference: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8: summed normalized change over channels; red = brighter, blue = darker."""
+def difference_map(raw: np.ndarray, reference: np.ndarray, low: np.ndarray, high: np.ndarray, scale: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8: summed normalized change over channels; red = brighter, blue = darker.
+
+    Full colour is a change of ``scale`` times the channel's display range (or more).
+    """
     d = ((raw - reference) / (high - low)[:, None, None]).sum(0)  # (H, W)
-    d = np.clip(d / 0.5, -1, 1)
-    rgb = np.stack([np.clip(d, 0, 1), np.zeros_like(d), np.clip(-d, 0, 1)], -1)
+    d = np.clip(d / scale, -1, 1)
+    rgb = np.clip(d, 0, 1)[..., None] * BRIGHTER + np.clip(-d, 0, 1)[..., None] * DARKER  # (H, W, 3)
     return (rgb * 255).astype(np.uint8)
 
 

@@ -42,3 +42,21 @@ def test_reference_attfind_recounts_every_round(tiny_classifier, tiny_diffusion)
     assert len(sel) <= 2
     # the first round alone: 3 images x (4 inversion + 2 reconstruction + 2 directions x 2 signs x 2 steps)
     assert n.images >= 3 * (4 + 2 + 2 * 2 * 2)
+
+
+def test_validity_scoring_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    from test_explain import TINY
+
+    from diffex.pipeline import explain
+
+    validity = _load("validity")
+    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
+    row = validity.score(res.out, cells, cells.parent / "cells_factors.csv", ("nucleus_radius", "actin_level"))
+    top = [a for a in res.attributes if a["rank"] == 1]
+    assert row["attributes"] == len(res.attributes)
+    assert row["flip_rate"] == np.mean([a["flip_rate"] for a in top])
+    assert 0 <= row["l1"] and -1 <= row["ssim"] <= 1
+    # nuclear area measured on the real images follows the true nucleus radius
+    assert row["proxy_r_nucleus_radius"] > 0.5
+    md = validity.table([{"configuration": "tiny", "method": "gradient", "differs": ["nucleus_radius"], **row}])
+    assert md.count("\n") == 2 and "(not a factor)" in md

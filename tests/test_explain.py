@@ -270,18 +270,3 @@ def test_demo_on_sample_data(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert res["n_images"] == 200 and res["attributes"]
-
-
-def test_minimal_report_escapes_user_strings_and_has_no_urls(tmp_path):
-    from diffex.report_minimal import write_minimal_report
-
-    evil = '<script>alert("x")</script>\'"'
-    att = {"id": "a1", "target": evil, "rank": 1, "name": evil, "sign": 1, "mean_delta_p": 0.5, "delta_p_ci95": [0.4, 0.6],
-           "flip_rate": 0.5, "cumulative_flip_rate": 0.5, "separation_auc": 0.7, "separation_p_value": 0.01,
-           "description": evil, "traversal": {"strengths": [-1.0, 0.0, 1.0]}}
-    results = {"images": evil, "n_images": 2, "per_condition": {evil: 1, "b": 1}, "classifier_accuracy": 1.0,
-               "classifier_accuracy_on_reconstructions": 1.0, "quality_gate_passed": False, "attributes": [att],
-               "inversion": {"steps": 3, "t_end": 699, "psnr_db_mean": 30.0, "psnr_db_min": 29.0, "flagged": [], "min_psnr_db": 25.0}}
-    html = write_minimal_report(tmp_path, results).read_text()
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "http://" not in html and "https://" not in html and "//cdn" not in html

@@ -1,0 +1,215 @@
+"""The HTML report: escaping of user strings, no external URL, re-rendering, size, plots, and a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from diffex.cli import app
+from diffex.errors import DiffexError
+from diffex.report import SIZE_BUDGET, histogram_plot, line_plot, morphology_curves, nice_ticks, write_report
+
+from test_explain import TINY  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_EXPERIMENT = REPO / "sample_data" / "experiment"
+HOSTILE_CONDITION = "<b onmouseover=\"alert('c')\">treated & co"
+HOSTILE_FILE = "x\"><svg onload=alert(1)>cell"
+HOSTILE_CHANNEL = "<script>alert('ch')</script>\"DNA'"
+URL = re.compile(r"(?:https?|ftp|wss?):|//[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
+
+
+class _Tags(HTMLParser):
+    """Collects tag names and attribute names of a document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs |= {a for a, _ in attrs}
+
+
+@pytest.fixture(scope="module")
+def hostile_experiment(tiny_diffusion, tmp_path_factory):
+    """explain end to end on images whose condition folder and file names are HTML, then channel names made hostile."""
+    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+    from diffex.pipeline import explain
+    from diffex.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("hostile")
+    spec = SyntheticSpec(conditions={"control": ConditionFactors(8.0, 0.40), HOSTILE_CONDITION: ConditionFactors(9.6, 0.52)})
+    generate_dataset(root / "cells", n_per_condition=8, seed=5, spec=spec)
+    first = sorted((root / "cells" / HOSTILE_CONDITION).iterdir())[0]
+    first.rename(first.with_name(HOSTILE_FILE + ".ome.tif"))
+    clf_dir = root / "clf"
+    train_classifier(root / "cells", clf_dir, ClassifierTrainConfig(arch="test_resnet", size=16, epochs=1, batch_size=8,
+                                                                    heldout_fraction=0.25), device="cpu", show_progress=False)
+    res = explain(clf_dir, root / "cells", root / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
+    results = json.loads((res.out / "results.json").read_text())
+    results["channel_names"][0] = HOSTILE_CHANNEL
+    results["display_ranges"] = {HOSTILE_CHANNEL if k == "DNA" else k: v for k, v in results["display_ranges"].items()}
+    (res.out / "results.json").write_text(json.dumps(results))
+    write_report(res.out)
+    return res.out
+
+
+def test_user_strings_are_escaped(hostile_experiment):
+    html = (hostile_experiment / "report.html").read_text()
+    assert html.count("<script>") == 1  # diffex's own, at the end
+    for raw in (HOSTILE_CONDITION, HOSTILE_FILE, HOSTILE_CHANNEL):
+        assert raw not in html
+    assert "&lt;b onmouseover=&quot;alert(&#x27;c&#x27;)&quot;&gt;treated &amp; co" in html
+    assert "x&quot;&gt;&lt;svg onload=alert(1)&gt;cell" in html  # in the provenance table
+    assert "&lt;script&gt;alert(&#x27;ch&#x27;)&lt;/script&gt;&quot;DNA&#x27;" in html
+    parser = _Tags()
+    parser.feed(html)
+    assert "onmouseover" not in parser.attrs and "onload" not in parser.attrs
+    assert parser.tags.count("svg") == html.count('<svg class="plot"')  # no injected <svg>
+
+
+def test_no_external_url(hostile_experiment):
+    html = (hostile_experiment / "report.html").read_text()
+    assert not URL.findall(html), URL.findall(html)[:5]
+    assert not re.search(r"""(?:src|href)=["'](?!data:|#)""", html)
+
+
+def test_report_cli_rerenders_identically_without_computing(hostile_experiment, monkeypatch):
+    import diffex.engine as engine
+
+    before = (hostile_experiment / "report.html").read_text()
+    monkeypatch.setattr(engine, "ddim_render", lambda *a, **k: pytest.fail("report must not render"))
+    (hostile_experiment / "report.html").unlink()
+    r = CliRunner().invoke(app, ["report", str(hostile_experiment), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (hostile_experiment / "report.html").read_text() == before
+
+
+def test_missing_traversal_is_a_clear_error(hostile_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(hostile_experiment, exp, ignore=shutil.ignore_patterns("cache"))
+    victim = next((exp / "traversals").glob("*.tif"))
+    victim.unlink()
+    with pytest.raises(DiffexError, match=re.escape(victim.name)):
+        write_report(exp)
+    (exp / "results.json").write_text('{"format": "something else"}')
+    with pytest.raises(DiffexError, match="not a diffex explain result"):
+        write_report(exp)
+
+
+def test_plots():
+    assert nice_ticks(-1, 1) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert nice_ticks(0, 7.3)[-1] <= 7.3 and nice_ticks(0, 7.3)[0] == 0
+    svg = line_plot([-1, 0, 1], [("DNA area", [-0.2, 0.0, 0.3]), ("broken", [float("nan")] * 3)], "strength", "change", 2)
+    assert svg.count("<polyline") == 2 and "nan" not in svg.lower() and 'class="marker"' in svg
+    hist = histogram_plot({"a": [0.0, 0.1, 0.2], "b": [], "c": [5.0]}, "coordinate", span=1.0)
+    assert hist.count("<polygon") == 3 and "n = 0" in hist and "nan" not in hist.lower()
+
+
+def test_morphology_curves_are_relative_to_strength_zero():
+    rows = [{"ImageName": im, "Strength": s, "DNA_AreaShape_Area": a, "DNA_AreaShape_Center_X": 10.0 + s}
+            for im, scale in (("a", 100.0), ("b", 200.0)) for s, a in ((-1.0, 0.5 * scale), (0.0, scale), (1.0, 1.5 * scale))]
+    curves = dict(morphology_curves(rows, ["DNA_AreaShape_Area", "DNA_AreaShape_Center_X"], [-1.0, 0.0, 1.0], image_size=20))
+    assert curves["DNA area"] == pytest.approx([-0.5, 0.0, 0.5])
+    assert curves["DNA x position"] == pytest.approx([-0.05, 0.0, 0.05])
+
+
+# ------------------------------------------------------------------------ the sample experiment
+@pytest.fixture(scope="module")
+def sample_report(tmp_path_factory):
+    """The shipped sample experiment, re-rendered into a temporary folder."""
+    if not (SAMPLE_EXPERIMENT / "results.json").exists():
+        pytest.fail(f"{SAMPLE_EXPERIMENT} is missing: it is shipped with the repository (see sample_data/README.md)")
+    exp = tmp_path_factory.mktemp("sample") / "experiment"
+    shutil.copytree(SAMPLE_EXPERIMENT, exp)
+    return write_report(exp)
+
+
+def test_sample_report_size_and_content(sample_report):
+    html = sample_report.read_text()
+    assert sample_report.stat().st_size <= SIZE_BUDGET
+    results = json.loads((sample_report.parent / "results.json").read_text())
+    for a in results["attributes"]:
+        assert f'id="{a["id"]}"' in html
+    assert "hypotheses generated by a model, not observations" in html
+    assert 'id="methods-text"' in html and "SHA-256" in html
+    assert not URL.findall(html)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.browser
+def test_sample_report_in_headless_chromium(sample_report, tmp_path):
+    """Opens the report in a real browser: no console errors, no network requests, the slider changes the frame."""
+    chromium = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test: install Debian's chromium and `pip install -e .[test]` (README, Setup)")
+        pytest.skip("no Chromium or Playwright here (README, Setup, says how to install them)")
+    shots = Path(os.environ.get("DIFFEX_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    url = sample_report.resolve().as_uri()
+    problems, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url, wait_until="load")
+            section = page.locator("section.attribute").first
+            slider = section.locator("input.strength")
+            visible = section.locator("img.px:visible").first
+
+            def state():
+                return visible.get_attribute("data-f"), visible.get_attribute("src"), section.locator("output.strength-value").inner_text()
+
+            last = int(slider.get_attribute("max"))
+            before = state()
+            assert before[0] == str(last)
+            slider.fill("0")
+            after = state()
+            assert after[0] == "0" and after[1] != before[1] and after[2] != before[2], (before[2], after[2])
+            # one frame per view is visible at a time
+            n_views = section.locator("table.views td:not(.rowlabel)").count()
+            assert section.locator("img.px:visible").count() == n_views
+            section.locator(".strip img[data-frame='1']").first.click()
+            assert slider.input_value() == "1"
+            slider.fill(str(last))
+            page.screenshot(path=str(shots / "report-top.png"))
+            section.scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "report-attribute.png"))
+            page.screenshot(path=str(shots / "report-full.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not problems, problems
+    assert [r for r in requests if r != url] == []
+    assert (shots / "report-full.png").stat().st_size > 10_000
+
+
+def test_shipped_report_is_current(sample_report):
+    """sample_data/experiment/report.html is what `diffex report` makes of its folder today."""
+    shipped = (SAMPLE_EXPERIMENT / "report.html").read_text()
+    assert shipped == sample_report.read_text(), "re-render it: diffex report sample_data/experiment"
