@@ -69,7 +69,7 @@ class Configuration:
             s = REPO / "sample_data"
             return {"images": s / "heldout", "factors": s / "heldout_factors.csv", "classifier": s / "models" / "classifier",
                     "diffusion": s / "models" / "diffusion", "train": s / "cells"}
-        d = root / self.name
+        d = root / self.spec.stem  # e.g. ROOT/single_factor
         return {"images": d / "heldout", "factors": d / "heldout_factors.csv", "classifier": d / "classifier",
                 "diffusion": d / "diffusion", "train": d / "cells"}
 

@@ -16,8 +16,9 @@ DM = SAMPLE / "models" / "diffusion"
 
 
 def test_sample_data_is_small():
-    # <out>.training/ folders hold resumable training state; they are git-ignored and not shipped.
-    files = [p for p in SAMPLE.rglob("*") if p.is_file() and not any(x.endswith(".training") for x in p.parts)]
+    # <out>.training/ folders (resumable training state) and experiment/cache/ are git-ignored, not shipped.
+    files = [p for p in SAMPLE.rglob("*") if p.is_file() and not any(x.endswith(".training") for x in p.parts)
+             and (SAMPLE / "experiment" / "cache") not in p.parents]
     total = sum(p.stat().st_size for p in files)
     assert total < 40e6, f"sample_data is {total / 1e6:.1f} MB"
 
