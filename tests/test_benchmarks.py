@@ -62,3 +62,25 @@ def test_validity_scoring_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path
     assert row["proxy_r_nucleus_radius"] > 0.5
     md = validity.table([{"configuration": "tiny", "method": "gradient", "differs": ["nucleus_radius"], **row}])
     assert md.count("\n") == 2 and "(not a factor)" in md
+
+
+def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
+    """The benchmark's run loop end to end (explain through the CLI, scoring, table) on tiny models."""
+    import shutil
+
+    validity = _load("validity")
+    root = tmp_path / "root"
+    (root / "tiny").mkdir(parents=True)
+    shutil.copytree(cells, root / "tiny" / "heldout")
+    shutil.copy(cells.parent / "cells_factors.csv", root / "tiny" / "heldout_factors.csv")
+    shutil.copytree(tiny_classifier[0], root / "tiny" / "classifier")
+    shutil.copytree(tiny_diffusion[0], root / "tiny" / "diffusion")
+    monkeypatch.setattr(validity, "CONFIGURATIONS", (validity.Configuration("tiny", ("nucleus_radius",), tmp_path / "tiny.yaml"),))
+    monkeypatch.setattr(validity, "EXPLAIN", {"steps": 3, "t_end": 999, "min_psnr": -100.0, "max_images": 12, "gradient_images": 4,
+                                              "rank_images": 6, "max_attributes": 1, "directions_per_method": 2, "screen_top": 2,
+                                              "traversal_frames": 3, "traversal_images": 1, "measure_images": 1, "bootstrap": 20})
+    rows = validity.run(root, tmp_path / "out", "cpu", methods=["gradient", "pca"])
+    assert [r["method"] for r in rows] == ["gradient", "pca"]
+    assert (tmp_path / "out" / "tiny" / "inversions").is_dir()  # shared by the second method
+    assert all(r["diffusion_gate_passed"] in (True, False) and r["attributes"] >= 0 for r in rows)
+    assert validity.table(rows).count("\n") == 3
