@@ -145,6 +145,14 @@ def score(exp: Path, images: Path, factors: Path, differs: tuple[str, ...]) -> d
         col = MEASURE[f]
         ranks = [a["rank"] for a in atts if abs(a["morphology"].get(col, {}).get("spearman_r", 0.0)) >= MATCH_R]
         out[f"rank_{f}"] = min(ranks) if ranks else None
+    # specificity: how much the attribute matched to a differing factor also moves the other factor
+    cross = []
+    for f in differs:
+        other = [g for g in MEASURE if g != f][0]
+        match = sorted((a for a in atts if abs(a["morphology"].get(MEASURE[f], {}).get("spearman_r", 0.0)) >= MATCH_R), key=lambda a: a["rank"])
+        if match and MEASURE[other] in match[0]["morphology"]:
+            cross.append(abs(match[0]["morphology"][MEASURE[other]]["spearman_r"]))
+    out["cross_r"] = max(cross) if cross else None
     top = [a for a in atts if a["rank"] == 1]
     for f in MEASURE:
         vals = [abs(a["morphology"][MEASURE[f]]["spearman_r"]) for a in top if MEASURE[f] in a["morphology"]]
@@ -230,15 +238,16 @@ def _fmt(v, pct=False) -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the scored runs."""
-    head = ("| configuration (differs in) | method | rank nuclear size | rank cytoplasm brightness | |r| nuclear size | |r| cytoplasm | "
-            "flip rate | nuisance drift | L1 | SSIM | realism median abs z | renders with abs z > 4 |\n|" + "---|" * 12)
+    head = ("| configuration (differs in) | method | rank nuclear size | rank cytoplasm brightness | other factor's abs r on the match | "
+            "abs r nuclear size | abs r cytoplasm | flip rate | nuisance drift | L1 | SSIM | realism median abs z | renders with abs z > 4 |\n|"
+            + "---|" * 13)
     lines = [head]
     for r in rows:
         diff = ", ".join({"nucleus_radius": "nuclear size", "actin_level": "cytoplasm"}[f] for f in r["differs"])
         rank_n = _fmt(r.get("rank_nucleus_radius")) if "nucleus_radius" in r["differs"] else "(not a factor)"
         rank_a = _fmt(r.get("rank_actin_level")) if "actin_level" in r["differs"] else "(not a factor)"
         lines.append(f"| {r['configuration']} ({diff}) | {r['method']}{' (baseline)' if r['method'] == 'contrastive' else ''} | {rank_n} | {rank_a} | "
-                     f"{_fmt(r['r_nucleus_radius'])} | {_fmt(r['r_actin_level'])} | {_fmt(r['flip_rate'], True)} | {_fmt(r['nuisance_drift'], True)} | "
+                     f"{_fmt(r.get('cross_r'))} | {_fmt(r['r_nucleus_radius'])} | {_fmt(r['r_actin_level'])} | {_fmt(r['flip_rate'], True)} | {_fmt(r['nuisance_drift'], True)} | "
                      f"{_fmt(r['l1'])} | {_fmt(r['ssim'])} | {_fmt(r['realism_median_abs_z'])} | {_fmt(r['realism_share_any_z_over_4'], True)} |")
     return "\n".join(lines)
 
