@@ -68,7 +68,13 @@ def png_uri(pixels: np.ndarray) -> str:
 
 
 def grey(channel: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(H, W) raw -> (H, W) uint8 with a fixed display range."""
+    """(H, W) raw -> (H, W) uint8 with a fixed display range.
+
+    Example
+    -------
+    >>> grey(np.array([[0.0, 50.0, 200.0]]), 0.0, 100.0).tolist()
+    [[0, 127, 255]]
+    """
     return (np.clip((channel - low) / (high - low), 0, 1) * 255).astype(np.uint8)
 
 
@@ -89,7 +95,13 @@ def read_hyperstack(path: Path, n_channels: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------- plots
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]."""
+    """About n round tick values covering [lo, hi].
+
+    Example
+    -------
+    >>> nice_ticks(-1, 1)
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
     raw = (hi - lo) / max(1, n - 1)
@@ -483,7 +495,14 @@ direction <code>{e(att["name"])}</code>{merged}, sign {_sign(att["sign"])}, full
 
 
 def methods_paragraph(results: dict, provenance: dict) -> str:
-    """A ready-to-paste methods paragraph (plain text) describing how the explanation was made."""
+    """A ready-to-paste methods paragraph (plain text) describing how the explanation was made.
+
+    Example
+    -------
+    >>> exp = Path("sample_data/experiment")                                           # doctest: +SKIP
+    >>> methods_paragraph(read_json(exp / "results.json"), read_json(exp / "provenance.json"))[:40]  # doctest: +SKIP
+    'Counterfactual explanations of the class'
+    """
     cfg = results.get("config") or provenance.get("config") or {}
     sw = provenance.get("software") or {}
     inv = results["inversion"]
