@@ -463,13 +463,14 @@ def explain(
                                 "p_target": p_tr[..., class_names.index(att["target"])].tolist()}
             show = list(range(len(examples)))
             base = out / "traversals" / att["id"]
+            tif_names = {i: f"{base.name}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif" for i in show}
             for i in show:
-                write_hyperstack(f"{base}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif", raw[i], channel_names, strengths.tolist())
+                write_hyperstack(base.parent / tif_names[i], raw[i], channel_names, strengths.tolist())
             grid_png(f"{base}.png", raw[show], ref[show], low, high)
             animated_gif(f"{base}.gif", raw[show], low, high)
             att["traversal"]["shown"] = [
                 {"index": i, "image": relative_path(records[img_idx[i]].path, images), "condition": records[img_idx[i]].condition,
-                 "file": f"{base.name}_{safe_name(Path(records[img_idx[i]].path).name.split('.')[0])}.tif"} for i in show]
+                 "file": tif_names[i]} for i in show]
             # the attribute coordinate of every usable image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
             coord = sign * proj[:, k] / h_scale
             att["coordinate"] = {c: [round(float(v), 5) for v in coord[good][labels[good] == class_names.index(c)]] for c in conds}
