@@ -53,8 +53,15 @@ def _reset_peak(dev: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(dev)
 
 
-def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cpu", cfg: ExplainConfig | None = None) -> dict:
-    """Both selections on n images and k candidates; returns the figures as a dict."""
+def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cpu", cfg: ExplainConfig | None = None,
+        all_images: bool = False) -> dict:
+    """Both selections on n images and k candidates; returns the figures as a dict.
+
+    diffex's side follows ``diffex explain``: all n images are inverted once, classifier gradients
+    are taken on ``cfg.gradient_images`` of them and the effect table is rendered on
+    ``cfg.rank_images`` (stratified, seeded as in explain). ``all_images=True`` uses all n for both.
+    The reference always renders all n images in every round.
+    """
     cfg = cfg or ExplainConfig()
     dev = resolve_device(device)
     clf = load_classifier(classifier, device=dev)
@@ -69,11 +76,15 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     labels = imgs.labels(names)
     x0 = pair.to_model_space(imgs.raw)
     asym = cfg.mode == "asymmetric"
-    out: dict = {"n": len(recs), "k": k, "m": m, "device": describe_device(dev)}
+    n_all = len(recs)
+    gidx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.gradient_images, cfg.seed + 1)
+    ridx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.rank_images, cfg.seed + 2)
+    out: dict = {"n": n_all, "k": k, "m": m, "device": describe_device(dev), "threads": torch.get_num_threads(),
+                 "gradient_images": len(gidx), "rank_images": len(ridx)}
 
     # (b) diffex
     _reset_peak(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with engine.EvaluationCounter(dm.unet) as ev_b:
         xt = engine.ddim_invert(dm, x0, cfg.steps, batch_size=cfg.batch_size, t_end=cfg.t_end)
         store: list = []
@@ -83,37 +94,38 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         h = torch.stack([torch.cat(store[s * chunks:(s + 1) * chunks]) for s in range(cfg.steps)], 1).cpu()  # (N, S, *h)
         p_rec = pair.probs(rec).numpy()
         targets = group_targets(p_rec, labels)
-        grads = classifier_gradients(pair, xt.cpu(), torch.as_tensor(targets), cfg.steps, cfg.t_edit, False, cfg.t_end,
+        grads = classifier_gradients(pair, xt[gidx].cpu(), torch.as_tensor(targets[gidx]), cfg.steps, cfg.t_edit, False, cfg.t_end,
                                      batch_size=min(16, cfg.batch_size))
         h_scale = float(h.flatten(2).norm(dim=2).mean())
         ts = engine.ddim_timesteps(dm.num_train_timesteps, cfg.steps, cfg.t_end)
-        ctx = DirectionContext(pair, rec.cpu(), h, grads, targets, names, ts[ts >= cfg.t_edit], h_scale, seed=cfg.seed)
+        ctx = DirectionContext(pair, rec.cpu(), h, grads, targets[gidx], names, ts[ts >= cfg.t_edit], h_scale, seed=cfg.seed)
         per = math.ceil(k / 3)
         cands = generate(ctx, ["gradient", "pca", "jacobian"], per, merge_cos=0.9)
         vectors = cands.vectors[:k]
         top = min(cfg.screen_top, len(vectors))
-        order, _ = screen(grads, targets, vectors, top)
+        order, _ = screen(grads, targets[gidx], vectors, top)
         offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale).flatten(0, 1)
-        x_edit = engine.render_edits(dm, xt, offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
-        p_edit = pair.probs(x_edit.flatten(0, 1)).numpy().reshape(len(recs), len(order), 2, -1)
-        tgt = targets[:, None, None]
-        effect = np.take_along_axis(p_edit, tgt[..., None], -1)[..., 0] - p_rec[np.arange(len(recs)), targets][:, None, None]
+        x_edit = engine.render_edits(dm, xt[ridx], offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
+        p_edit = pair.probs(x_edit.flatten(0, 1)).numpy().reshape(len(ridx), len(order), 2, -1)  # (n', K', 2, classes)
+        tgt = targets[ridx][:, None, None]
+        effect = np.take_along_axis(p_edit, tgt[..., None], -1)[..., 0] - p_rec[ridx, targets[ridx]][:, None, None]
         flipped = p_edit.argmax(-1) == tgt
         sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
-    wall_b = time.perf_counter() - t0
-    out["diffex"] = {"unet_image_evaluations": ev_b.images, "wall_s": wall_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
+    wall_b, cpu_b = time.perf_counter() - t0, time.process_time() - c0
+    out["diffex"] = {"unet_image_evaluations": ev_b.images, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
                      "candidates": len(vectors), "rendered": len(order)}
 
     # (a) reference
     _reset_peak(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with engine.EvaluationCounter(dm.unet) as ev_a:
         sels = reference_attfind(pair, x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size, asymmetric=asym)
-    wall_a = time.perf_counter() - t0
+    wall_a, cpu_a = time.perf_counter() - t0, time.process_time() - c0
     sel_a = [(s.direction, s.sign) for s in sels]
-    out["reference"] = {"unet_image_evaluations": ev_a.images, "wall_s": wall_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
+    out["reference"] = {"unet_image_evaluations": ev_a.images, "wall_s": wall_a, "cpu_s": cpu_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
     out["evaluation_ratio"] = ev_a.images / max(1, ev_b.images)
     out["wall_ratio"] = wall_a / max(1e-9, wall_b)
+    out["cpu_ratio"] = cpu_a / max(1e-9, cpu_b)
     denom = max(1, min(len(sel_a), m))
     out["top_m_agreement"] = len(set(sel_a[:m]) & set(sel_b[:m])) / denom
     return out
@@ -128,8 +140,10 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--m", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--all-images", action="store_true",
+                    help="diffex side: gradients and effect table on all n images instead of explain's subsets (48 each)")
     a = ap.parse_args(argv)
-    res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device)
+    res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device, all_images=a.all_images)
     print(json.dumps(res, indent=2))
     return 0
 
