@@ -9,8 +9,11 @@ image-evaluations (counted by a hook on the UNet), wall-clock, peak memory and t
 
 Usage (full sizes are GPU runs; CI runs a tiny smoke version through tests/test_benchmarks.py):
 
-    python benchmarks/speed.py --n 64 --k 16 --device cuda
-    python benchmarks/speed.py --n 16 --k 8 --m 2 --device cpu       # CPU-sized
+    python benchmarks/speed.py --n 64 --k 16 --device cuda --precision bf16 --batch-size 512
+    python benchmarks/speed.py --n 64 --k 32 --m 3 --device cpu      # CPU-sized (about 40 min on 2 cores)
+
+At N > 200 pass more images than the 200 held-out ones, e.g. ``diffex synthetic --out /tmp/cells256
+--n 128 --seed 2`` and ``--images /tmp/cells256``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from diffex.classifier import load_classifier
 from diffex.dataset import discover, load_images
 from diffex.diffusion import DiffusionModel
 from diffex.directions import DirectionContext, generate
+from diffex.errors import DiffexError
 from diffex.pipeline import ExplainConfig, group_targets, stratified_indices
 from diffex.rank import attfind
 from diffex.reference import reference_attfind
@@ -65,11 +69,13 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     cfg = cfg or ExplainConfig()
     dev = resolve_device(device)
     clf = load_classifier(classifier, device=dev)
-    dm = DiffusionModel.load(diffusion, device=dev)
+    dm = DiffusionModel.load(diffusion, device=dev, precision=cfg.precision)
     check_models(clf, dm)
     pair = ModelPair(clf, dm)
     names = list(clf.info.class_names)
     recs = sorted(discover(images), key=lambda r: str(r.path))
+    if len(recs) < n:
+        raise DiffexError(f"{images}: {len(recs)} images, fewer than n = {n}; generate more with `diffex synthetic`")
     labels_all = np.array([names.index(r.condition) for r in recs])
     recs = [recs[i] for i in stratified_indices(labels_all, n, cfg.seed)]
     imgs = load_images(recs, dm.info.image_size, dm.info.resize_mode, show_progress=False)
@@ -80,6 +86,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     gidx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.gradient_images, cfg.seed + 1)
     ridx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.rank_images, cfg.seed + 2)
     out: dict = {"n": n_all, "k": k, "m": m, "device": describe_device(dev), "threads": torch.get_num_threads(),
+                 "precision": cfg.precision, "batch_size": cfg.batch_size,
                  "gradient_images": len(gidx), "rank_images": len(ridx)}
 
     # (b) diffex
@@ -140,10 +147,13 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--m", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="UNet arithmetic for both sides")
+    ap.add_argument("--batch-size", type=int, default=32, help="UNet batch for both sides (on a GPU: the largest that fits)")
     ap.add_argument("--all-images", action="store_true",
                     help="diffex side: gradients and effect table on all n images instead of explain's subsets (48 each)")
     a = ap.parse_args(argv)
-    res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device, all_images=a.all_images)
+    cfg = ExplainConfig(precision=a.precision, batch_size=a.batch_size)
+    res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device, cfg=cfg, all_images=a.all_images)
     print(json.dumps(res, indent=2))
     return 0
 

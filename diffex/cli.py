@@ -193,6 +193,7 @@ def explain_cmd(
     config: ConfigOpt = None,
     method: Annotated[Optional[list[str]], typer.Option("--method", help="Direction method; repeat for a union (gradient, pca, jacobian, contrastive).")] = None,
     seed: SeedOpt = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Diffusion-model arithmetic: fp32 (default) or bf16 (autocast; faster on GPUs and bf16-capable CPUs).")] = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
     trust_checkpoint: TrustOpt = False,
@@ -205,7 +206,7 @@ def explain_cmd(
     from diffex.pipeline import config_from_dict, explain
 
     def go():
-        cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed)
+        cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed, precision=precision)
         return explain(classifier, images, out, diffusion, cfg, device=device, axes=axes, trust_checkpoint=trust_checkpoint,
                        force=force, command=_command_line(), show_progress=show)
 
@@ -234,6 +235,7 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Experiment folder to write.")] = Path("diffex-demo"),
+    precision: Annotated[str, typer.Option("--precision", help="Diffusion-model arithmetic: fp32 or bf16 (faster on GPUs and bf16-capable CPUs).")] = "fp32",
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -241,11 +243,11 @@ def demo_cmd(
 ):
     """Explain the shipped sample classifier on the shipped held-out cells (about 4 min on 2 CPU cores)."""
     show = _setup(quiet, verbose)
-    from diffex.pipeline import explain, sample_data_dir
+    from diffex.pipeline import ExplainConfig, explain, sample_data_dir
 
     def go():
         root = sample_data_dir()
-        return explain(root / "models" / "classifier", root / "heldout", out, root / "models" / "diffusion", None,
+        return explain(root / "models" / "classifier", root / "heldout", out, root / "models" / "diffusion", ExplainConfig(precision=precision),
                        device=device, force=force, command=_command_line(), show_progress=show)
 
     res = _run(go)

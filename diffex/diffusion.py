@@ -45,6 +45,16 @@ FORMAT = "diffex-diffusion"
 FORMAT_VERSION = 1
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise a DiffexError."""
+    if precision not in PRECISIONS:
+        raise DiffexError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 @dataclass(frozen=True)
 class DiffusionInfo:
     """What diffex knows about a diffusion model besides its weights."""
@@ -84,10 +94,11 @@ class DiffusionModel:
     info : DiffusionInfo
     """
 
-    def __init__(self, unet, scheduler_config: dict, info: DiffusionInfo):
+    def __init__(self, unet, scheduler_config: dict, info: DiffusionInfo, precision: str = "fp32"):
         from diffusers import DDPMScheduler
 
         self.unet = unet.eval()
+        self.precision = check_precision(precision)
         self.scheduler_config = dict(scheduler_config)
         sched = DDPMScheduler.from_config(self.scheduler_config)
         if sched.config.prediction_type != "epsilon":
@@ -117,8 +128,16 @@ class DiffusionModel:
         return self
 
     def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x (B, C, H, W) at timestep t."""
-        return self.unet(x, t).sample
+        """Predicted noise for x (B, C, H, W) at timestep t, float32.
+
+        With ``precision == "bf16"`` the UNet runs under bfloat16 autocast (weights stay float32;
+        convolutions and matrix products run in bfloat16) and the result is cast back to float32.
+        """
+        if self.precision == "fp32":
+            return self.unet(x, t).sample
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            out = self.unet(x, t).sample
+        return out.float()
 
     # ---------------------------------------------------------------------------------- files
     def save(self, folder: str | Path, force: bool = False) -> Path:
@@ -133,8 +152,8 @@ class DiffusionModel:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
-        """Open a local diffusers UNet2DModel folder (diffex's or any other)."""
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> DiffusionModel:
+        """Open a local diffusers UNet2DModel folder (diffex's or any other); ``precision``: see :meth:`eps`."""
         from diffusers import DDPMScheduler, UNet2DModel
 
         folder = Path(folder)
@@ -162,7 +181,7 @@ class DiffusionModel:
             raise DiffexError(f"{unet_dir}: cannot load UNet2DModel: {exc}") from exc
         sched_cfg = dict(DDPMScheduler.load_config(sched_dir, local_files_only=True))
         meta = _read_metadata(folder, unet)
-        return cls(unet.to(device), sched_cfg, meta)
+        return cls(unet.to(device), sched_cfg, meta, precision=precision)
 
 
 def _read_metadata(folder: Path, unet) -> DiffusionInfo:

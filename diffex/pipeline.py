@@ -35,7 +35,7 @@ from diffex.bridge import ModelPair, check_models
 from diffex.classifier import load_classifier
 from diffex.config import from_dict, to_dict
 from diffex.dataset import discover, load_images, relative_path, require_conditions
-from diffex.diffusion import DiffusionModel
+from diffex.diffusion import DiffusionModel, check_precision
 from diffex.directions import DirectionContext, generate, get_method
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, sha256_file, write_json
@@ -57,7 +57,10 @@ class ExplainConfig:
 
     Strengths are relative to the mean ‖h‖ of the data. ``t_end`` is where inversion stops
     (partial inversion: the shipped 32 px model round-trips at 29 dB with 20 steps to t = 699 and
-    at 19 dB to t = 999). Edits act on every step with t >= ``t_edit``.
+    at 19 dB to t = 999). Edits act on every step with t >= ``t_edit``. ``precision``: ``fp32``
+    (default) or ``bf16`` (diffusion-model evaluations under bfloat16 autocast: faster on GPUs and
+    on CPUs with AVX512-BF16/AMX; inversion and renders differ slightly from fp32, see
+    docs/benchmarks.md).
     """
 
     diffusion: str | None = None
@@ -82,8 +85,13 @@ class ExplainConfig:
     seed: int = 0
     bootstrap: int = 1000
     contrastive_iterations: int = 30
+    precision: str = "fp32"
 
     def __post_init__(self):
+        try:
+            check_precision(self.precision)
+        except DiffexError as exc:
+            raise DiffexError(f"{exc}; bf16 runs the diffusion model under bfloat16 autocast") from None
         if self.mode not in MODES:
             raise DiffexError(f"mode must be one of {MODES}, got {self.mode!r}")
         for m in self.methods:
@@ -290,7 +298,7 @@ def explain(
     torch.manual_seed(cfg.seed)
     clf = load_classifier(classifier, trust_checkpoint=trust_checkpoint, device=dev)
     dm_path = resolve_diffusion(diffusion, cfg, clf)
-    dm = DiffusionModel.load(dm_path, device=dev)
+    dm = DiffusionModel.load(dm_path, device=dev, precision=cfg.precision)
     check_models(clf, dm)  # before any computation
     cfg = replace(cfg, diffusion=str(dm_path))
     pair = ModelPair(clf, dm)
@@ -317,7 +325,8 @@ def explain(
     channel_names = list(dm.info.channel_names or imgs.channel_names)
     file_sha = [sha256_file(r.path) for r in records]
     model_sha = _model_digest(Path(dm_path))
-    keys = [_digest(s, model_sha, cfg.steps, cfg.t_end, dm.info.image_size, dm.info.resize_mode) for s in file_sha]
+    key_parts = (model_sha, cfg.steps, cfg.t_end, dm.info.image_size, dm.info.resize_mode) + (() if cfg.precision == "fp32" else (cfg.precision,))
+    keys = [_digest(s, *key_parts) for s in file_sha]
     cache = out / "cache"
     ts_all = engine.ddim_timesteps(dm.num_train_timesteps, cfg.steps, cfg.t_end)
     edit_ts = ts_all[ts_all >= cfg.t_edit]

@@ -519,7 +519,8 @@ def methods_paragraph(results: dict, provenance: dict) -> str:
         f"Counterfactual explanations of the classifier were computed with diffex {sw.get('diffex', '')} (PyTorch {sw.get('torch', '?')}, "
         f"diffusers {sw.get('diffusers', '?')}, scikit-image {sw.get('scikit-image', '?')}).",
         f"{results['n_images']} images ({per}; channels {', '.join(results['channel_names'])}) were encoded{size} with "
-        f"{inv['steps']} deterministic DDIM inversion steps (to t = {inv['t_end']} of 1000) of {model}; the mean round-trip PSNR was "
+        f"{inv['steps']} deterministic DDIM inversion steps (to t = {inv['t_end']} of 1000) of {model}"
+        + (" evaluated in bfloat16" if cfg.get("precision") == "bf16" else "") + "; the mean round-trip PSNR was "
         f"{inv['psnr_db_mean']:.1f} dB and {n_flag} image(s) below {inv['min_psnr_db']:g} dB were excluded.",
         f"Candidate directions in the activation space of the U-Net's middle block (h-space) were derived from {mtext}"
         f" (directions with |cos| > {cfg.get('merge_cos', 0.9)} merged; {len(results.get('candidates', []))} candidates).",

@@ -150,3 +150,19 @@ def test_largest_object_area():
     img[10:18, 10:18] = 1.0  # 64 px
     assert largest_object_area(img) == 64
     assert largest_object_area(np.ones((4, 4))) == 0
+
+
+def test_bf16_precision_is_close_to_fp32_and_returns_float32(tiny_diffusion):
+    fp32 = DiffusionModel.load(tiny_diffusion[0])
+    bf16 = DiffusionModel.load(tiny_diffusion[0], precision="bf16")
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 16, 16)
+    with torch.no_grad():
+        a, b = fp32.eps(x, 500), bf16.eps(x, 500)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 really ran
+    assert float((a - b).norm() / a.norm()) < 0.03
+    with torch.no_grad():
+        xt = ddim_invert(bf16, x.clamp(-1, 1), steps=3)
+        assert torch.isfinite(ddim_render(bf16, xt, steps=3)).all()
+    with pytest.raises(DiffexError, match="precision must be one of"):
+        DiffusionModel.load(tiny_diffusion[0], precision="fp16")

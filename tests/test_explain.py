@@ -220,6 +220,22 @@ def test_cli_explain(tiny_classifier, tiny_diffusion, cells, tmp_path):
     assert bad.exit_code == 2 and "nope" in bad.output
 
 
+def test_bf16_run_is_recorded_and_cached_apart(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    from dataclasses import replace
+
+    from diffex.report import methods_paragraph
+
+    fp = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "fp32")
+    bf = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "bf16", config=replace(TINY, precision="bf16"))
+    assert bf.results["config"]["precision"] == "bf16"
+    keys = {p.name for p in (fp.out / "cache" / "inversions").glob("*.safetensors")}
+    assert keys.isdisjoint(p.name for p in (bf.out / "cache" / "inversions").glob("*.safetensors"))
+    prov = json.loads((bf.out / "provenance.json").read_text())
+    assert "bfloat16" in methods_paragraph(bf.results, prov) and "bfloat16" not in methods_paragraph(fp.results, prov)
+    with pytest.raises(DiffexError, match="precision"):
+        ExplainConfig(precision="half")
+
+
 def test_acceptance_script_runs_on_an_experiment(tiny_classifier, tiny_diffusion, cells, tmp_path, capsys):
     import importlib.util
 
