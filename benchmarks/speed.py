@@ -120,7 +120,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
     wall_b, cpu_b = time.perf_counter() - t0, time.process_time() - c0
     out["diffex"] = {"unet_image_evaluations": ev_b.images, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
-                     "candidates": len(vectors), "rendered": len(order)}
+                     "candidates": len(vectors), "rendered": len(order), "shortlist": [int(i) for i in order]}
 
     # (a) reference
     _reset_peak(dev)
@@ -135,6 +135,8 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     out["cpu_ratio"] = cpu_a / max(1e-9, cpu_b)
     denom = max(1, min(len(sel_a), m))
     out["top_m_agreement"] = len(set(sel_a[:m]) & set(sel_b[:m])) / denom
+    # how many of the reference's picks survived diffex's gradient screening (an upper bound on agreement)
+    out["reference_picks_in_shortlist"] = sum(d in set(out["diffex"]["shortlist"]) for d, _ in sel_a[:m])
     return out
 
 

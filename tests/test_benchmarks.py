@@ -28,7 +28,8 @@ def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
     assert res["n"] == 6 and res["diffex"]["rendered"] == 2 and res["rank_images"] == 4
     assert res["diffex"]["unet_image_evaluations"] > 0 and res["reference"]["unet_image_evaluations"] > 0
     assert res["diffex"]["cpu_s"] > 0 and res["cpu_ratio"] > 0
-    assert 0.0 <= res["top_m_agreement"] <= 1.0
+    assert 0.0 <= res["top_m_agreement"] <= 1.0 and len(res["diffex"]["shortlist"]) == 2
+    assert res["reference_picks_in_shortlist"] >= round(res["top_m_agreement"] * len(res["reference"]["selection"][:2]))
     full = speed.run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cpu", cfg=cfg, all_images=True)
     # the effect table on 2 more images: 2 images x 2 candidates x 2 signs x 3 steps x 2 passes (asymmetric)
     assert full["diffex"]["unet_image_evaluations"] - res["diffex"]["unet_image_evaluations"] == 48

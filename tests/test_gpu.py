@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -19,3 +21,30 @@ def test_diffusion_trains_on_gpu_with_bf16(cells, tmp_path):
     assert dm.info.training["device"].startswith("cuda")
     assert all(torch.isfinite(p).all() for p in dm.unet.parameters())
     assert gate["roundtrip"]["n_images"] > 0
+
+
+@pytest.mark.gpu
+def test_explain_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    from dataclasses import replace
+
+    from diffex.pipeline import explain
+
+    from test_explain import TINY
+
+    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, precision="bf16"),
+                  device="cuda", show_progress=False)
+    assert res.results["config"]["precision"] == "bf16"
+    assert math.isfinite(res.results["inversion"]["psnr_db_mean"])
+    assert (res.out / "report.html").exists()
+
+
+@pytest.mark.gpu
+def test_speed_benchmark_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells):
+    from diffex.pipeline import ExplainConfig
+
+    from test_benchmarks import _load
+
+    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=64, precision="bf16")
+    res = _load("speed").run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cuda", cfg=cfg)
+    assert not res["device"].startswith("cpu") and res["precision"] == "bf16"
+    assert res["reference"]["unet_image_evaluations"] > 0 and res["diffex"]["unet_image_evaluations"] > 0
