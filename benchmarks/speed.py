@@ -5,7 +5,8 @@
 (b) diffex: one cached inversion, gradient screening, one batched render of the shortlist.
 
 Both rank the same K candidates (gradient + pca + jacobian from the same images). Prints UNet
-image-evaluations (counted by a hook on the UNet), wall-clock, peak memory and top-M agreement.
+image-evaluations (noise predictions, counted by hooks on the UNet; an Asyrp step's edited and
+unedited predictions share one down path, so ``unet_down_paths`` is smaller), wall-clock, peak memory and top-M agreement.
 
 Usage (full sizes are GPU runs; CI runs a tiny smoke version through tests/test_benchmarks.py):
 
@@ -119,7 +120,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         flipped = p_edit.argmax(-1) == tgt
         sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
     wall_b, cpu_b = time.perf_counter() - t0, time.process_time() - c0
-    out["diffex"] = {"unet_image_evaluations": ev_b.images, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
+    out["diffex"] = {"unet_image_evaluations": ev_b.images, "unet_down_paths": ev_b.encoder_images, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
                      "candidates": len(vectors), "rendered": len(order), "shortlist": [int(i) for i in order]}
 
     # (a) reference
@@ -129,7 +130,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         sels = reference_attfind(pair, x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size, asymmetric=asym)
     wall_a, cpu_a = time.perf_counter() - t0, time.process_time() - c0
     sel_a = [(s.direction, s.sign) for s in sels]
-    out["reference"] = {"unet_image_evaluations": ev_a.images, "wall_s": wall_a, "cpu_s": cpu_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
+    out["reference"] = {"unet_image_evaluations": ev_a.images, "unet_down_paths": ev_a.encoder_images, "wall_s": wall_a, "cpu_s": cpu_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
     out["evaluation_ratio"] = ev_a.images / max(1, ev_b.images)
     out["wall_ratio"] = wall_a / max(1e-9, wall_b)
     out["cpu_ratio"] = cpu_a / max(1e-9, cpu_b)

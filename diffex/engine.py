@@ -98,6 +98,43 @@ def mid_block_offset(unet, delta: torch.Tensor | None) -> Iterator[None]:
         handle.remove()
 
 
+def can_fork(unet) -> bool:
+    """Whether :func:`mid_block_fork` applies: a diffusers UNet2DModel without skip blocks or Fourier time."""
+    cfg = getattr(unet, "config", None)
+    blocks = list(getattr(unet, "down_blocks", [])) + list(getattr(unet, "up_blocks", []))
+    return (getattr(unet, "mid_block", None) is not None and bool(blocks) and cfg is not None
+            and getattr(cfg, "time_embedding_type", "positional") != "fourier"
+            and not any(hasattr(b, "skip_conv") for b in blocks))
+
+
+@contextlib.contextmanager
+def mid_block_fork(unet, delta: torch.Tensor) -> Iterator[None]:
+    """While active, one UNet call on x (B, ...) returns 2B noise predictions: edited, then unedited.
+
+    The down path and the mid block run once; the mid block's output h (B, *h) becomes
+    ``cat([h + delta, h])`` (2B, *h) and every up block gets its skip connections and time
+    embedding repeated to 2B. This is the Asyrp step's pair of predictions (edited and unedited,
+    from the same x_t) at the cost of one down path and two up paths instead of two full passes.
+    Only for UNets where :func:`can_fork` is true.
+    """
+    def fork(_m, _inp, out):
+        return torch.cat([out + delta.to(out.dtype), out])
+
+    def widen(_m, args):
+        sample, res, emb = args[0], args[1], args[2]
+        if sample.shape[0] != 2 * res[0].shape[0]:
+            return None
+        return (sample, tuple(torch.cat([r, r]) for r in res), torch.cat([emb, emb]), *args[3:])
+
+    handles = [unet.mid_block.register_forward_hook(fork)]
+    handles += [b.register_forward_pre_hook(widen) for b in unet.up_blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def record_h(unet, store: list) -> Iterator[None]:
     """While active, append each mid-block output (B, *h_shape) to ``store`` (detached)."""
@@ -123,7 +160,11 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 class EvaluationCounter:
-    """Counts UNet image-evaluations (one per image per forward pass) while attached.
+    """Counts UNet image-evaluations (one per noise prediction returned) while attached.
+
+    A forked call (:func:`mid_block_fork`) returns two predictions per input image and counts two
+    evaluations, although it runs the down path once; ``encoder_images`` counts images entering the
+    UNet, so ``images - encoder_images`` is the number of down paths the fork saved.
 
     Example
     -------
@@ -134,18 +175,24 @@ class EvaluationCounter:
     """
 
     def __init__(self, unet: torch.nn.Module):
-        self.unet, self.images, self._handle = unet, 0, None
+        self.unet, self.images, self.encoder_images, self._handles = unet, 0, 0, []
 
-    def _hook(self, _module, args, kwargs):
+    def _pre(self, _module, args, kwargs):
         x = args[0] if args else kwargs["sample"]
-        self.images += int(x.shape[0])
+        self.encoder_images += int(x.shape[0])
+
+    def _post(self, _module, _args, out):
+        sample = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
+        self.images += int(sample.shape[0])
 
     def __enter__(self) -> EvaluationCounter:
-        self._handle = self.unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [self.unet.register_forward_pre_hook(self._pre, with_kwargs=True),
+                         self.unet.register_forward_hook(self._post)]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
 
 
 def h_shape(dm) -> tuple[int, ...]:
@@ -167,6 +214,7 @@ def ddim_render(
     t_edit: int = 0,
     asymmetric: bool = False,
     t_end: int | None = None,
+    fork: bool = True,
 ) -> torch.Tensor:
     """Denoise x_T (B, C, H, W) to clean images in model space by deterministic DDIM.
 
@@ -176,7 +224,8 @@ def ddim_render(
         h-space offset, (B, *h_shape) or broadcastable, added for every step with t >= ``t_edit``.
     asymmetric : bool
         Asyrp-style: the edited noise prediction enters only the predicted-x0 term; the direction
-        term keeps the unedited one (two UNet passes per edited step). Default: symmetric.
+        term keeps the unedited one (two noise predictions per edited step; with ``fork`` and a
+        UNet that allows it they share one down path, see :func:`mid_block_fork`). Default: symmetric.
     """
     ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
     x = xt.to(dm.device, torch.float32)
@@ -185,7 +234,7 @@ def ddim_render(
         if batch_size is not None and delta.dim() > 0 and delta.shape[0] == x.shape[0] and x.shape[0] > batch_size:
             # Chunked rendering with per-image offsets: recurse per chunk so offsets stay aligned.
             return torch.cat([
-                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric, t_end)
+                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric, t_end, fork)
                 for xc, dc in zip(x.split(batch_size), delta.split(batch_size))
             ])
     for i in range(len(ts) - 1, -1, -1):
@@ -195,11 +244,33 @@ def ddim_render(
             eps = _eps_batched(dm, x, t, batch_size)
             x = _ddim_step(x, eps, a_t, a_prev)
             continue
-        with mid_block_offset(dm.unet, delta):
-            eps_edit = _eps_batched(dm, x, t, batch_size)
-        eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else None
+        if asymmetric and fork:
+            eps_edit, eps_dir = _eps_forked(dm, x, t, batch_size, delta)
+        else:
+            with mid_block_offset(dm.unet, delta):
+                eps_edit = _eps_batched(dm, x, t, batch_size)
+            eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else None
         x = _ddim_step(x, eps_edit, a_t, a_prev, eps_dir)
     return x
+
+
+def _eps_forked(dm, x: torch.Tensor, t: int, batch_size: int | None, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edited, unedited) noise predictions for x (B, C, H, W), one down path per image where possible."""
+    if not can_fork(dm.unet):
+        with mid_block_offset(dm.unet, delta):
+            eps_edit = _eps_batched(dm, x, t, batch_size)
+        return eps_edit, _eps_batched(dm, x, t, batch_size)
+    per_image = delta.dim() == x.dim() and delta.shape[0] == x.shape[0]  # (B, *h), else broadcast
+    step = x.shape[0] if batch_size is None else batch_size
+    edits, plains = [], []
+    for i in range(0, x.shape[0], step):
+        xc = x[i:i + step]
+        dc = delta[i:i + step] if per_image else delta
+        with mid_block_fork(dm.unet, dc):
+            both = dm.eps(xc, t)  # (2b, C, H, W): edited, then unedited
+        edits.append(both[: xc.shape[0]])
+        plains.append(both[xc.shape[0]:])
+    return torch.cat(edits), torch.cat(plains)
 
 
 @torch.no_grad()

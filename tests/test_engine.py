@@ -63,7 +63,8 @@ def test_zero_or_late_edit_is_no_edit(dm):
     plain = ddim_render(dm, xt, steps=5)
     zero = torch.zeros(32, 4, 4)
     torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=zero), plain)
-    torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=zero, asymmetric=True), plain)
+    # asymmetric steps run forked (batch 2B in the up path): equal up to batch-size-dependent rounding
+    torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=zero, asymmetric=True), plain, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=torch.ones(32, 4, 4), t_edit=1000), plain)
 
 
@@ -144,3 +145,41 @@ def test_evaluation_counter_counts_images_per_pass(dm):
         ddim_render(dm, xt, 4, delta=torch.zeros(1, *h_shape(dm)), asymmetric=True, t_edit=500)
     # inversion 3 x 4; rendering: 2 steps below t_edit (1 pass) + 2 at/above it (2 passes); h_shape's dry pass is 1
     assert n.images == 3 * 4 + 3 * (2 + 2 * 2) + 1
+    # the two predictions of an edited step share one down path: 3 images x 2 steps fewer encoder passes
+    assert n.encoder_images == n.images - 3 * 2
+
+
+def test_fork_equals_hand_written_forward(dm):
+    from diffex.engine import can_fork, mid_block_fork
+
+    assert can_fork(dm.unet)
+    x = torch.randn(3, 2, 16, 16)
+    delta = torch.randn(3, 32, 4, 4)
+    with torch.no_grad():
+        with mid_block_fork(dm.unet, delta):
+            both = dm.eps(x, 300)  # (6, C, H, W)
+        torch.testing.assert_close(both[:3], _manual_forward(dm.unet, x, 300, delta), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both[3:], _manual_forward(dm.unet, x, 300, 0.0), atol=1e-5, rtol=1e-5)
+    assert not dm.unet.mid_block._forward_hooks and not any(b._forward_pre_hooks for b in dm.unet.up_blocks)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_forked_asymmetric_render_equals_two_passes(dm, per_image):
+    torch.manual_seed(1)
+    xt = torch.randn(5, 2, 16, 16)
+    delta = torch.randn(5 if per_image else 1, 32, 4, 4)
+    kw = dict(steps=4, delta=delta, t_edit=300, asymmetric=True, batch_size=2)
+    forked, two = ddim_render(dm, xt, **kw), ddim_render(dm, xt, fork=False, **kw)
+    torch.testing.assert_close(forked, two, atol=1e-3, rtol=1e-3)
+    assert (forked - ddim_render(dm, xt, steps=4)).abs().max() > 1e-3  # the edit does something
+
+
+def test_fourier_time_embedding_is_not_forked():
+    from diffusers import UNet2DModel
+
+    from diffex.engine import can_fork
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       time_embedding_type="fourier", layers_per_block=1)
+    assert not can_fork(unet)
