@@ -160,11 +160,12 @@ def frozen(*modules: torch.nn.Module) -> Iterator[None]:
 
 
 class EvaluationCounter:
-    """Counts UNet image-evaluations (one per noise prediction returned) while attached.
+    """Counts UNet image-evaluations (one per image per forward pass) while attached.
 
-    A forked call (:func:`mid_block_fork`) returns two predictions per input image and counts two
-    evaluations, although it runs the down path once; ``encoder_images`` counts images entering the
-    UNet, so ``images - encoder_images`` is the number of down paths the fork saved.
+    Images entering the UNet are counted (``encoder_images``; this includes the forward passes that
+    gradient checkpointing recomputes). A forked call (:func:`mid_block_fork`) returns two
+    predictions per input image and counts two evaluations in ``images``, although it runs the down
+    path once: ``images - encoder_images`` is the number of down paths the fork saved.
 
     Example
     -------
@@ -175,15 +176,17 @@ class EvaluationCounter:
     """
 
     def __init__(self, unet: torch.nn.Module):
-        self.unet, self.images, self.encoder_images, self._handles = unet, 0, 0, []
+        self.unet, self.images, self.encoder_images, self._handles, self._last = unet, 0, 0, [], 0
 
     def _pre(self, _module, args, kwargs):
         x = args[0] if args else kwargs["sample"]
-        self.encoder_images += int(x.shape[0])
+        self._last = int(x.shape[0])
+        self.encoder_images += self._last
+        self.images += self._last
 
     def _post(self, _module, _args, out):
         sample = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
-        self.images += int(sample.shape[0])
+        self.images += max(0, int(sample.shape[0]) - self._last)  # the second prediction of a forked call
 
     def __enter__(self) -> EvaluationCounter:
         self._handles = [self.unet.register_forward_pre_hook(self._pre, with_kwargs=True),
