@@ -38,6 +38,8 @@ SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Side of the squa
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="Diffusion-model arithmetic: fp32 (default) or bf16 (autocast; faster on GPUs and bf16-capable CPUs).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of the split, initialization and sampling.")]
 
 
@@ -193,7 +195,7 @@ def explain_cmd(
     config: ConfigOpt = None,
     method: Annotated[Optional[list[str]], typer.Option("--method", help="Direction method; repeat for a union (gradient, pca, jacobian, contrastive).")] = None,
     seed: SeedOpt = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Diffusion-model arithmetic: fp32 (default) or bf16 (autocast; faster on GPUs and bf16-capable CPUs).")] = None,
+    precision: PrecisionOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
     trust_checkpoint: TrustOpt = False,
@@ -235,7 +237,7 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Experiment folder to write.")] = Path("diffex-demo"),
-    precision: Annotated[str, typer.Option("--precision", help="Diffusion-model arithmetic: fp32 or bf16 (faster on GPUs and bf16-capable CPUs).")] = "fp32",
+    precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -247,7 +249,7 @@ def demo_cmd(
 
     def go():
         root = sample_data_dir()
-        return explain(root / "models" / "classifier", root / "heldout", out, root / "models" / "diffusion", ExplainConfig(precision=precision),
+        return explain(root / "models" / "classifier", root / "heldout", out, root / "models" / "diffusion", ExplainConfig(precision=precision or "fp32"),
                        device=device, force=force, command=_command_line(), show_progress=show)
 
     res = _run(go)

@@ -247,7 +247,7 @@ def ddim_render(
             eps = _eps_batched(dm, x, t, batch_size)
             x = _ddim_step(x, eps, a_t, a_prev)
             continue
-        if asymmetric and fork:
+        if asymmetric and fork and can_fork(dm.unet):
             eps_edit, eps_dir = _eps_forked(dm, x, t, batch_size, delta)
         else:
             with mid_block_offset(dm.unet, delta):
@@ -258,11 +258,7 @@ def ddim_render(
 
 
 def _eps_forked(dm, x: torch.Tensor, t: int, batch_size: int | None, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(edited, unedited) noise predictions for x (B, C, H, W), one down path per image where possible."""
-    if not can_fork(dm.unet):
-        with mid_block_offset(dm.unet, delta):
-            eps_edit = _eps_batched(dm, x, t, batch_size)
-        return eps_edit, _eps_batched(dm, x, t, batch_size)
+    """(edited, unedited) noise predictions for x (B, C, H, W), one down path per image (see :func:`can_fork`)."""
     per_image = delta.dim() == x.dim() and delta.shape[0] == x.shape[0]  # (B, *h), else broadcast
     step = x.shape[0] if batch_size is None else batch_size
     edits, plains = [], []
