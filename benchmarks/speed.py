@@ -5,8 +5,9 @@
 (b) diffex: one cached inversion, gradient screening, one batched render of the shortlist.
 
 Both rank the same K candidates (gradient + pca + jacobian from the same images). Prints UNet
-image-evaluations (noise predictions, counted by hooks on the UNet; an Asyrp step's edited and
-unedited predictions share one down path, so ``unet_down_paths`` is smaller), wall-clock, peak memory and top-M agreement.
+image-evaluations (counted by hooks on the UNet: one per image per pass, two for a forked Asyrp
+step, whose predictions share one down path; ``unet_down_paths`` counts those), wall-clock, CPU
+time, peak memory and top-M agreement.
 
 Usage (full sizes are GPU runs; CI runs a tiny smoke version through tests/test_benchmarks.py):
 
@@ -137,7 +138,8 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     denom = max(1, min(len(sel_a), m))
     out["top_m_agreement"] = len(set(sel_a[:m]) & set(sel_b[:m])) / denom
     # how many of the reference's picks survived diffex's gradient screening (an upper bound on agreement)
-    out["reference_picks_in_shortlist"] = sum(d in set(out["diffex"]["shortlist"]) for d, _ in sel_a[:m])
+    shortlist = set(out["diffex"]["shortlist"])
+    out["reference_picks_in_shortlist"] = sum(d in shortlist for d, _ in sel_a[:m])
     return out
 
 
