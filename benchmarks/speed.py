@@ -31,18 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffex import engine
-from diffex.bridge import ModelPair, check_models
-from diffex.classifier import load_classifier
-from diffex.dataset import discover, load_images
-from diffex.diffusion import DiffusionModel
-from diffex.directions import DirectionContext, generate
+from diffex.data.dataset import discover, load_images
 from diffex.errors import DiffexError
-from diffex.pipeline import ExplainConfig, group_targets, stratified_indices
-from diffex.rank import attfind
-from diffex.reference import reference_attfind
+from diffex.explain.directions import DirectionContext, generate
+from diffex.explain.pipeline import ExplainConfig, group_targets, stratified_indices
+from diffex.explain.rank import attfind
+from diffex.explain.reference import reference_attfind
+from diffex.explain.sensitivity import classifier_gradients, screen
+from diffex.models import sampler as engine
+from diffex.models.bridge import ModelPair, check_models
+from diffex.models.classifier import load_classifier
+from diffex.models.diffusion import DiffusionModel
 from diffex.runtime import describe_device, resolve_device
-from diffex.sensitivity import classifier_gradients, screen
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -107,8 +107,8 @@ def prepare(root: Path, device: str) -> None:
 # ------------------------------------------------------------------------------------ scoring
 def _real_measurements(images: Path, size: int, channel_names: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
     """Relative paths and morphology of the real images, at the models' size."""
-    from diffex.dataset import discover, load_images, relative_path
-    from diffex.morphology import measure_many
+    from diffex.data.dataset import discover, load_images, relative_path
+    from diffex.report.morphology import measure_many
 
     recs = sorted(discover(images), key=lambda r: str(r.path))
     imgs = load_images(recs, size, show_progress=False)
@@ -118,7 +118,7 @@ def _real_measurements(images: Path, size: int, channel_names: list[str]) -> tup
 def _proximity(exp: Path, att: dict, ranges: dict) -> tuple[list[float], list[float]]:
     from skimage.metrics import structural_similarity
 
-    from diffex.report import read_hyperstack
+    from diffex.report.html import read_hyperstack
 
     chans = list(ranges)
     span = np.array([ranges[c][1] - ranges[c][0] for c in chans], float)
@@ -135,7 +135,7 @@ def _proximity(exp: Path, att: dict, ranges: dict) -> tuple[list[float], list[fl
 
 def score(exp: Path, images: Path, factors: Path, differs: tuple[str, ...]) -> dict:
     """Score one finished experiment folder against the ground truth of its images."""
-    from diffex.report import read_morphology
+    from diffex.report.html import read_morphology
 
     res = json.loads((exp / "results.json").read_text())
     atts = res["attributes"]
@@ -193,7 +193,7 @@ def score(exp: Path, images: Path, factors: Path, differs: tuple[str, ...]) -> d
 
 # ------------------------------------------------------------------------------------ running
 def run(root: Path, out: Path, device: str, methods: list[str] | None = None, configs: list[str] | None = None) -> list[dict]:
-    from diffex.directions import list_methods
+    from diffex.explain.directions import list_methods
 
     methods = methods or list_methods()
     rows = []

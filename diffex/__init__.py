@@ -20,11 +20,11 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
     __version__ = "0+unknown"
 
 _LAZY = {
-    "explain": ("diffex.pipeline", "explain"),
-    "ExplainConfig": ("diffex.pipeline", "ExplainConfig"),
-    "ExplainResult": ("diffex.pipeline", "ExplainResult"),
-    "load_classifier": ("diffex.classifier", "load_classifier"),
-    "DiffusionModel": ("diffex.diffusion", "DiffusionModel"),
+    "explain": ("diffex.explain.pipeline", "explain"),
+    "ExplainConfig": ("diffex.explain.pipeline", "ExplainConfig"),
+    "ExplainResult": ("diffex.explain.pipeline", "ExplainResult"),
+    "load_classifier": ("diffex.models.classifier", "load_classifier"),
+    "DiffusionModel": ("diffex.models.diffusion", "DiffusionModel"),
 }
 
 __all__ = ["__version__", *_LAZY]

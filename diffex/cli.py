@@ -86,7 +86,7 @@ def synthetic_cmd(
 ):
     """Generate two-condition synthetic cells with known differentiating factors (ground truth)."""
     _setup(quiet, verbose)
-    from diffex.synthetic import generate_dataset, spec_from_dict
+    from diffex.data.synthetic import generate_dataset, spec_from_dict
 
     def go():
         from diffex.config import load_yaml
@@ -117,8 +117,8 @@ def train_diffusion_cmd(
 ):
     """Train a diffusion model (diffusers UNet2DModel, DDPM, EMA); resumes an interrupted run."""
     show = _setup(quiet, verbose)
-    from diffex.diffusion_train import config_from_yaml_dict, train_diffusion
-    from diffex.quality import format_gate
+    from diffex.models.diffusion_train import config_from_yaml_dict, train_diffusion
+    from diffex.models.quality import format_gate
 
     def go():
         cfg = _config(config_from_yaml_dict, config, size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
@@ -149,7 +149,7 @@ def train_classifier_cmd(
 ):
     """Train a timm classifier with a held-out split; writes a model folder with its accuracy."""
     show = _setup(quiet, verbose)
-    from diffex.classifier_train import config_from_yaml_dict, train_classifier
+    from diffex.models.classifier_train import config_from_yaml_dict, train_classifier
 
     def go():
         cfg = _config(config_from_yaml_dict, config, arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -205,7 +205,7 @@ def explain_cmd(
 ):
     """Find and rank the h-space attributes that change the classifier's decision, with counterfactual traversals."""
     show = _setup(quiet, verbose)
-    from diffex.pipeline import config_from_dict, explain
+    from diffex.explain.pipeline import config_from_dict, explain
 
     def go():
         cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed, precision=precision)
@@ -229,7 +229,7 @@ def report_cmd(
 ):
     """Re-render EXPERIMENT/report.html from its results, without recomputing anything."""
     _setup(quiet, verbose)
-    from diffex.report import write_report
+    from diffex.report.html import write_report
 
     typer.echo(str(_run(lambda: write_report(experiment))))
 
@@ -245,7 +245,7 @@ def demo_cmd(
 ):
     """Explain the shipped sample classifier on the shipped held-out cells (about 4 min on 2 CPU cores)."""
     show = _setup(quiet, verbose)
-    from diffex.pipeline import ExplainConfig, explain, sample_data_dir
+    from diffex.explain.pipeline import ExplainConfig, explain, sample_data_dir
 
     def go():
         root = sample_data_dir()

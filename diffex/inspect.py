@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from diffex.classifier import Classifier, load_classifier
-from diffex.classifier_train import evaluate
-from diffex.dataset import ImageSet, conditions_of, discover, load_images
-from diffex.diffusion import DiffusionModel
+from diffex.data.dataset import ImageSet, conditions_of, discover, load_images
+from diffex.models.bridge import check_pair
+from diffex.models.classifier import Classifier, load_classifier
+from diffex.models.classifier_train import evaluate
+from diffex.models.diffusion import DiffusionModel
 
 
 def _classifier_summary(clf: Classifier) -> dict:
@@ -66,33 +67,6 @@ def _images_summary(images: ImageSet, source) -> dict:
         "channel_names": list(images.channel_names),
         "file_size": list(images.original_shape),
     }
-
-
-def check_pair(clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[str], list[str]]:
-    """Problems and notes for a classifier + diffusion model pair (either may be None)."""
-    problems, notes = [], []
-    if clf is None or dm is None:
-        return problems, notes
-    ci, di = clf.info, dm.info
-    if ci.in_channels != di.in_channels:
-        problems.append(f"the classifier takes {ci.in_channels} channel(s), the diffusion model {di.in_channels}")
-    if ci.image_size is not None and ci.image_size != di.image_size:
-        problems.append(f"the classifier works at {ci.image_size} px, the diffusion model at {di.image_size} px")
-    if ci.channel_names and di.channel_names and tuple(ci.channel_names) != tuple(di.channel_names):
-        problems.append(f"channel names differ: classifier {list(ci.channel_names)}, diffusion model {list(di.channel_names)}")
-    if di.normalization is None:
-        notes.append("the diffusion model has no stored normalization; inputs are assumed to be in its [-1, 1] space")
-    elif di.normalization != ci.normalization:
-        notes.append(
-            "the models use different normalizations; renders are mapped to raw intensities and through the "
-            "classifier's own normalization (this is fine)"
-        )
-    gate = di.quality_gate or {}
-    if not gate:
-        notes.append("the diffusion model has no recorded quality gate")
-    elif not gate.get("passed"):
-        notes.append("the diffusion model FAILED its quality gate: counterfactuals may look unlike real cells")
-    return problems, notes
 
 
 def check_images(images: ImageSet, clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[str], list[str]]:

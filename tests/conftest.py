@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def cells(tmp_path_factory) -> Path:
     """A two-condition synthetic experiment: 12 cells per condition, 64x64, OME-TIFF."""
-    from diffex.synthetic import generate_dataset
+    from diffex.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("exp")
     generate_dataset(root / "cells", n_per_condition=12, seed=3)
@@ -41,7 +41,7 @@ def cells(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier(cells, tmp_path_factory):
     """A test_resnet classifier trained for 2 epochs at 16 px (accuracy irrelevant)."""
-    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+    from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     out = tmp_path_factory.mktemp("models") / "clf"
     cfg = ClassifierTrainConfig(arch="test_resnet", size=16, epochs=2, batch_size=8, heldout_fraction=0.25)
@@ -52,8 +52,8 @@ def tiny_classifier(cells, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_diffusion(cells, tmp_path_factory):
     """A two-level UNet trained for 4 steps at 16 px, with its quality gate on 4 samples."""
-    from diffex.diffusion import UNetSpec
-    from diffex.diffusion_train import DiffusionTrainConfig, train_diffusion
+    from diffex.models.diffusion import UNetSpec
+    from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
 
     out = tmp_path_factory.mktemp("models") / "dm"
     cfg = DiffusionTrainConfig(

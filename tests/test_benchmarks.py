@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import torch
-
 from conftest import REPO
 
 
@@ -20,7 +19,7 @@ def _load(name):
 
 
 def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
-    from diffex.pipeline import ExplainConfig
+    from diffex.explain.pipeline import ExplainConfig
 
     speed = _load("speed")
     cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=4, gradient_images=6, rank_images=4)
@@ -37,9 +36,9 @@ def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
 
 
 def test_reference_attfind_recounts_every_round(tiny_classifier, tiny_diffusion):
-    from diffex.bridge import ModelPair
-    from diffex.engine import EvaluationCounter, h_shape
-    from diffex.reference import reference_attfind
+    from diffex.explain.reference import reference_attfind
+    from diffex.models.bridge import ModelPair
+    from diffex.models.sampler import EvaluationCounter, h_shape
 
     pair = ModelPair(tiny_classifier[1], tiny_diffusion[1])
     torch.manual_seed(0)
@@ -55,7 +54,7 @@ def test_reference_attfind_recounts_every_round(tiny_classifier, tiny_diffusion)
 def test_validity_scoring_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path):
     from test_explain import TINY
 
-    from diffex.pipeline import explain
+    from diffex.explain.pipeline import explain
 
     validity = _load("validity")
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffex.classifier import load_classifier
-from diffex.classifier_train import confusion_matrix
 from diffex.errors import DiffexError
+from diffex.models.classifier import load_classifier
+from diffex.models.classifier_train import confusion_matrix
 
 
 def _x(n=3, c=2, s=16, seed=0):
@@ -104,7 +104,7 @@ def test_bare_weights_and_bad_config(tiny_classifier, tmp_path):
 
 
 def test_refuses_to_overwrite(cells, tiny_classifier):
-    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+    from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     out, _, _ = tiny_classifier
     with pytest.raises(DiffexError, match="pass --force"):

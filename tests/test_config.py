@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from diffex.classifier_train import ClassifierTrainConfig, config_from_yaml_dict as clf_cfg
 from diffex.config import from_dict, load_yaml, to_dict
-from diffex.diffusion_train import DiffusionTrainConfig, config_from_yaml_dict as dm_cfg
 from diffex.errors import DiffexError
+from diffex.models.classifier_train import ClassifierTrainConfig
+from diffex.models.classifier_train import config_from_yaml_dict as clf_cfg
+from diffex.models.diffusion_train import DiffusionTrainConfig
+from diffex.models.diffusion_train import config_from_yaml_dict as dm_cfg
 
 
 def test_nested_round_trip():

@@ -8,14 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from diffex.diffusion import DiffusionInfo, DiffusionModel, UNetSpec, build_unet, default_scheduler_config
-from diffex.diffusion_train import DiffusionTrainConfig, train_diffusion
-from diffex.engine import ddim_invert, ddim_render, ddim_timesteps, psnr
-from diffex.errors import DiffexError
-from diffex.quality import format_gate, largest_object_area
-
 from conftest import TINY_UNET
+
+from diffex.errors import DiffexError
+from diffex.models.diffusion import (
+    DiffusionInfo,
+    DiffusionModel,
+    UNetSpec,
+    build_unet,
+    default_scheduler_config,
+)
+from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
+from diffex.models.quality import format_gate, largest_object_area
+from diffex.models.sampler import ddim_invert, ddim_render, ddim_timesteps, psnr
 
 
 def _tiny_cfg(**kw):
@@ -48,7 +53,7 @@ def test_save_load_identical_outputs(tiny_diffusion):
 
 
 def test_resume_after_crash_equals_uninterrupted(cells, tiny_diffusion, tmp_path, monkeypatch):
-    import diffex.diffusion_train as dt
+    import diffex.models.diffusion_train as dt
 
     out_ref, dm_ref, _ = tiny_diffusion
     calls = {"n": 0}

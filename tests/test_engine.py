@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffex.diffusion import DiffusionInfo, DiffusionModel, UNetSpec, build_unet, default_scheduler_config
-from diffex.engine import ddim_invert, ddim_render, h_shape, mid_block_offset, record_h
+from diffex.models.diffusion import (
+    DiffusionInfo,
+    DiffusionModel,
+    UNetSpec,
+    build_unet,
+    default_scheduler_config,
+)
+from diffex.models.sampler import (
+    ddim_invert,
+    ddim_render,
+    h_shape,
+    mid_block_offset,
+    record_h,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +105,7 @@ def test_batched_edits_equal_sequential(dm, asymmetric):
 
 
 def test_render_edits_batched_equals_sequential(dm):
-    from diffex.engine import edit_offsets, render_edits
+    from diffex.models.sampler import edit_offsets, render_edits
 
     torch.manual_seed(1)
     xt = torch.randn(3, 2, 16, 16)
@@ -108,7 +120,7 @@ def test_render_edits_batched_equals_sequential(dm):
 
 
 def test_edit_offsets_scale_and_sign():
-    from diffex.engine import edit_offsets
+    from diffex.models.sampler import edit_offsets
 
     d = torch.zeros(1, 2, 1, 1)
     d[0, 0] = 1.0
@@ -118,7 +130,7 @@ def test_edit_offsets_scale_and_sign():
 
 
 def test_partial_inversion_timesteps():
-    from diffex.engine import ddim_timesteps
+    from diffex.models.sampler import ddim_timesteps
 
     assert ddim_timesteps(1000, 4).tolist() == [249, 499, 749, 999]
     assert ddim_timesteps(1000, 4, t_end=699).tolist() == [174, 349, 524, 699]
@@ -127,7 +139,7 @@ def test_partial_inversion_timesteps():
 
 
 def test_differentiable_render_matches_no_grad_render(dm):
-    from diffex.engine import ddim_render_differentiable
+    from diffex.models.sampler import ddim_render_differentiable
 
     torch.manual_seed(2)
     xt = torch.randn(2, 2, 16, 16)
@@ -138,7 +150,7 @@ def test_differentiable_render_matches_no_grad_render(dm):
 
 
 def test_evaluation_counter_counts_images_per_pass(dm):
-    from diffex.engine import EvaluationCounter
+    from diffex.models.sampler import EvaluationCounter
 
     with EvaluationCounter(dm.unet) as n:
         xt = ddim_invert(dm, torch.zeros(3, 2, 16, 16), steps=4)
@@ -150,7 +162,7 @@ def test_evaluation_counter_counts_images_per_pass(dm):
 
 
 def test_fork_equals_hand_written_forward(dm):
-    from diffex.engine import can_fork, mid_block_fork
+    from diffex.models.sampler import can_fork, mid_block_fork
 
     assert can_fork(dm.unet)
     x = torch.randn(3, 2, 16, 16)
@@ -177,7 +189,7 @@ def test_forked_asymmetric_render_equals_two_passes(dm, per_image):
 def test_fourier_time_embedding_is_not_forked():
     from diffusers import UNet2DModel
 
-    from diffex.engine import can_fork
+    from diffex.models.sampler import can_fork
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),

@@ -12,10 +12,10 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from diffex.bridge import ModelPair
 from diffex.cli import app
 from diffex.errors import DiffexError
-from diffex.pipeline import ExplainConfig, config_from_dict, explain
+from diffex.explain.pipeline import ExplainConfig, config_from_dict, explain
+from diffex.models.bridge import ModelPair
 
 TINY = ExplainConfig(
     steps=3, t_end=999, max_images=16, gradient_images=6, rank_images=8, directions_per_method=2, screen_top=2,
@@ -31,7 +31,7 @@ def pair(tiny_classifier, tiny_diffusion):
 
 def test_bridge_round_trip_keeps_logits(pair, cells):
     """Raw -> diffusion model space -> raw -> classifier normalization gives the original logits."""
-    from diffex.dataset import discover, load_images
+    from diffex.data.dataset import discover, load_images
 
     imgs = load_images(discover(cells)[:4], 16, show_progress=False)
     raw = torch.from_numpy(imgs.raw)
@@ -46,8 +46,8 @@ def test_bridge_round_trip_keeps_logits(pair, cells):
 
 
 def test_gradient_matches_finite_differences(pair):
-    from diffex.engine import ddim_render, h_shape
-    from diffex.sensitivity import classifier_gradients
+    from diffex.explain.sensitivity import classifier_gradients
+    from diffex.models.sampler import ddim_render, h_shape
 
     torch.manual_seed(0)
     xt = torch.randn(2, 2, 16, 16)
@@ -66,8 +66,8 @@ def test_gradient_matches_finite_differences(pair):
 
 @pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive"])
 def test_direction_methods_give_unit_vectors(pair, method):
-    from diffex.directions import DirectionContext, generate
-    from diffex.engine import h_shape
+    from diffex.explain.directions import DirectionContext, generate
+    from diffex.models.sampler import h_shape
 
     hs = h_shape(pair.dm)
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def test_direction_methods_give_unit_vectors(pair, method):
 
 
 def test_near_parallel_candidates_are_merged(pair):
-    from diffex.directions import DirectionContext, generate
+    from diffex.explain.directions import DirectionContext, generate
 
     ctx = DirectionContext(pair, torch.zeros(2, 2, 16, 16), torch.randn(4, 2, 32, 2, 2), torch.randn(4, 32, 2, 2),
                            np.array([0, 1, 0, 1]), ["a", "b"], np.array([999]), 1.0)
@@ -127,7 +127,7 @@ def test_explain_end_to_end_outputs(tiny_classifier, tiny_diffusion, cells, tmp_
 
 def test_same_seed_same_attributes_and_resume_after_crash(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
     ref = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "a")
-    import diffex.engine as engine
+    import diffex.models.sampler as engine
 
     real = engine.render_edits
     calls = {"n": 0}
@@ -155,7 +155,7 @@ def test_same_seed_same_attributes_and_resume_after_crash(tiny_classifier, tiny_
 
 
 def test_changed_settings_on_unfinished_run_are_refused(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
-    import diffex.engine as engine
+    import diffex.models.sampler as engine
 
     monkeypatch.setattr(engine, "render_edits", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
@@ -185,7 +185,13 @@ def test_bad_inversions_are_flagged_and_not_ranked(tiny_classifier, tiny_diffusi
 
 
 def test_models_that_disagree_stop_before_computing(tiny_classifier, cells, tmp_path):
-    from diffex.diffusion import DiffusionInfo, DiffusionModel, UNetSpec, build_unet, default_scheduler_config
+    from diffex.models.diffusion import (
+        DiffusionInfo,
+        DiffusionModel,
+        UNetSpec,
+        build_unet,
+        default_scheduler_config,
+    )
 
     other = DiffusionModel(build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8), 1, 8),
                            default_scheduler_config(), DiffusionInfo(in_channels=1, image_size=8))
@@ -223,7 +229,7 @@ def test_cli_explain(tiny_classifier, tiny_diffusion, cells, tmp_path):
 def test_bf16_run_is_recorded_and_cached_apart(tiny_classifier, tiny_diffusion, cells, tmp_path):
     from dataclasses import replace
 
-    from diffex.report import methods_paragraph
+    from diffex.report.html import methods_paragraph
 
     fp = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "fp32")
     bf = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "bf16", config=replace(TINY, precision="bf16"))
@@ -253,8 +259,8 @@ def test_acceptance_script_runs_on_an_experiment(tiny_classifier, tiny_diffusion
 
 def test_three_conditions(tiny_diffusion, tmp_path):
     """Per-target AttFind with three conditions: every target gets its own attribute list."""
-    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
-    from diffex.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+    from diffex.data.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+    from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     spec = SyntheticSpec(conditions={
         "control": ConditionFactors(8.0, 0.40), "low": ConditionFactors(9.0, 0.46), "high": ConditionFactors(10.0, 0.55)})

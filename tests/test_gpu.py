@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-
-from diffex.diffusion import UNetSpec
-from diffex.diffusion_train import DiffusionTrainConfig, train_diffusion
-
 from conftest import TINY_UNET
+
+from diffex.models.diffusion import UNetSpec
+from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
 
 
 @pytest.mark.gpu
@@ -27,9 +26,9 @@ def test_diffusion_trains_on_gpu_with_bf16(cells, tmp_path):
 def test_explain_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells, tmp_path):
     from dataclasses import replace
 
-    from diffex.pipeline import explain
-
     from test_explain import TINY
+
+    from diffex.explain.pipeline import explain
 
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, precision="bf16"),
                   device="cuda", show_progress=False)
@@ -40,9 +39,9 @@ def test_explain_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells, tmp_path
 
 @pytest.mark.gpu
 def test_speed_benchmark_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells):
-    from diffex.pipeline import ExplainConfig
-
     from test_benchmarks import _load
+
+    from diffex.explain.pipeline import ExplainConfig
 
     cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=64, precision="bf16")
     res = _load("speed").run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cuda", cfg=cfg)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-import tifffile
 import numpy as np
+import tifffile
 
 from diffex.inspect import format_report, inspect_setup
 
@@ -20,7 +20,7 @@ def test_compatible_setup(tiny_classifier, tiny_diffusion, cells):
 
 
 def test_size_mismatch(cells, tiny_diffusion, tmp_path):
-    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
+    from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     clf_dir = tmp_path / "clf8"
     train_classifier(cells, clf_dir, ClassifierTrainConfig(arch="test_resnet", size=8, epochs=1), show_progress=False)

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from diffex.dataset import discover, load_images
+from diffex.data.dataset import discover, load_images
+from diffex.data.io import read_image
 from diffex.errors import InputError
-from diffex.io import read_image
 
 
 def _cells(rng, shape, dtype=np.uint16):

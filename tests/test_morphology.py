@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffex.morphology import describe, measure, trend
+from diffex.report.morphology import describe, measure, trend
 
 
 def _disk(r: float, size: int = 48, value: float = 100.0, noise: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffex.data.normalize import Normalization, fit_to_size
 from diffex.errors import DiffexError
-from diffex.normalize import Normalization, fit_to_size
 
 
 def test_fit_maps_percentiles_to_unit_range():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffex.rank import attfind, attribute_statistics, bootstrap_ci, separation
+from diffex.explain.rank import attfind, attribute_statistics, bootstrap_ci, separation
 
 
 def test_picks_largest_mean_effect_then_the_rest():

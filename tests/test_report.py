@@ -10,13 +10,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_explain import TINY  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
 from typer.testing import CliRunner
 
 from diffex.cli import app
 from diffex.errors import DiffexError
-from diffex.report import SIZE_BUDGET, histogram_plot, line_plot, morphology_curves, nice_ticks, write_report
-
-from test_explain import TINY  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
+from diffex.report.html import (
+    SIZE_BUDGET,
+    histogram_plot,
+    line_plot,
+    morphology_curves,
+    nice_ticks,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_EXPERIMENT = REPO / "sample_data" / "experiment"
@@ -42,9 +48,9 @@ class _Tags(HTMLParser):
 @pytest.fixture(scope="module")
 def hostile_experiment(tiny_diffusion, tmp_path_factory):
     """explain end to end on images whose condition folder and file names are HTML, then channel names made hostile."""
-    from diffex.classifier_train import ClassifierTrainConfig, train_classifier
-    from diffex.pipeline import explain
-    from diffex.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+    from diffex.data.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
+    from diffex.explain.pipeline import explain
+    from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     root = tmp_path_factory.mktemp("hostile")
     spec = SyntheticSpec(conditions={"control": ConditionFactors(8.0, 0.40), HOSTILE_CONDITION: ConditionFactors(9.6, 0.52)})
@@ -84,7 +90,7 @@ def test_no_external_url(hostile_experiment):
 
 
 def test_report_cli_rerenders_identically_without_computing(hostile_experiment, monkeypatch):
-    import diffex.engine as engine
+    import diffex.models.sampler as engine
 
     before = (hostile_experiment / "report.html").read_text()
     monkeypatch.setattr(engine, "ddim_render", lambda *a, **k: pytest.fail("report must not render"))

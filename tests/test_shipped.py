@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from conftest import SAMPLE
-from diffex.classifier import load_classifier
-from diffex.classifier_train import evaluate
-from diffex.dataset import discover, load_images
-from diffex.diffusion import DiffusionModel
+
+from diffex.data.dataset import discover, load_images
 from diffex.inspect import inspect_setup
+from diffex.models.classifier import load_classifier
+from diffex.models.classifier_train import evaluate
+from diffex.models.diffusion import DiffusionModel
 
 CLF = SAMPLE / "models" / "classifier"
 DM = SAMPLE / "models" / "diffusion"

@@ -7,9 +7,17 @@ import csv
 import numpy as np
 import pytest
 
+from diffex.data.io import read_image
+from diffex.data.synthetic import (
+    CHANNEL_NAMES,
+    DIFFERENTIATING_FACTORS,
+    FACTOR_COLUMNS,
+    SyntheticSpec,
+    generate_dataset,
+    render_cell,
+    spec_from_dict,
+)
 from diffex.errors import DiffexError
-from diffex.io import read_image
-from diffex.synthetic import CHANNEL_NAMES, DIFFERENTIATING_FACTORS, FACTOR_COLUMNS, SyntheticSpec, generate_dataset, render_cell, spec_from_dict
 
 
 def test_same_seed_same_bytes(tmp_path):

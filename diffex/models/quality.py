@@ -23,7 +23,7 @@ import torch
 from skimage.filters import threshold_otsu
 from skimage.measure import label
 
-from diffex.engine import DEFAULT_STEPS, ddim_invert, ddim_render, psnr, sample
+from diffex.models.sampler import DEFAULT_STEPS, ddim_invert, ddim_render, psnr, sample
 
 MEAN_TOL = 0.10
 SPREAD_TOL = 0.25

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffex.engine import ddim_invert, ddim_render, edit_offsets, render_edits
-from diffex.rank import SIGNS, Selection
+from diffex.explain.rank import SIGNS, Selection
+from diffex.models.sampler import ddim_invert, ddim_render, edit_offsets, render_edits
 
 
 def reference_attfind(

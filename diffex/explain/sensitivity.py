@@ -16,7 +16,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffex.engine import DEFAULT_STEPS, ddim_render_differentiable, frozen, h_shape
+from diffex.models.sampler import (
+    DEFAULT_STEPS,
+    ddim_render_differentiable,
+    frozen,
+    h_shape,
+)
 
 
 def classifier_gradients(

@@ -28,9 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffex.data.normalize import Normalization
 from diffex.errors import DiffexError
-from diffex.fsutil import atomic_dir, read_json, verify_checksums, write_checksums, write_json
-from diffex.normalize import Normalization
+from diffex.fsutil import (
+    atomic_dir,
+    read_json,
+    verify_checksums,
+    write_checksums,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 

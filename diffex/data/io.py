@@ -166,7 +166,8 @@ def _imagej_channel_names(tif) -> tuple[str, ...] | None:
 
 
 def _read_raster(path: Path, user_axes: str | None) -> np.ndarray:
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(path) as im:

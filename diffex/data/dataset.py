@@ -10,7 +10,7 @@ Two layouts are accepted:
 Example
 -------
 >>> import tempfile, pathlib
->>> from diffex.synthetic import generate_dataset
+>>> from diffex.data.synthetic import generate_dataset
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> _ = generate_dataset(d / "cells", n_per_condition=3, seed=0)
 >>> records = discover(d / "cells")
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from diffex.data.io import is_image_file, read_image
+from diffex.data.normalize import fit_to_size
 from diffex.errors import DiffexError, InputError
-from diffex.io import is_image_file, read_image
-from diffex.normalize import fit_to_size
 from diffex.progress import progress
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class ImageSet:
     ----------
     records : list of Record
     raw : ndarray, shape (N, C, size, size), float32
-        Raw intensities after :func:`~diffex.normalize.fit_to_size`.
+        Raw intensities after :func:`~diffex.data.normalize.fit_to_size`.
     channel_names : tuple of str
     original_shape : tuple of int
         (Y, X) of the files before fitting.
@@ -193,7 +193,7 @@ def load_images(
         must be square).
     resize_mode : {"resize", "crop"}
     axes : str, optional
-        Axis order for files whose metadata cannot tell (see :func:`diffex.io.read_image`).
+        Axis order for files whose metadata cannot tell (see :func:`diffex.data.io.read_image`).
     expect_channels : int, optional
         Channel count a model needs; a file with another count is an error.
     """

@@ -15,7 +15,7 @@ value is written to a ground-truth CSV.
 
 Example
 -------
->>> from diffex.synthetic import SyntheticSpec, render_cell
+>>> from diffex.data.synthetic import SyntheticSpec, render_cell
 >>> import numpy as np
 >>> spec = SyntheticSpec()
 >>> img, factors = render_cell(np.random.default_rng(0), "treated", spec)

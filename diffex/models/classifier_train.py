@@ -25,13 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffex.classifier import Classifier, ClassifierInfo, build_timm
-from diffex.augment import AUGMENTATIONS, augment
 from diffex.config import from_dict, to_dict
-from diffex.dataset import discover, load_images, relative_path, require_conditions, split_heldout
+from diffex.data.augment import AUGMENTATIONS, augment
+from diffex.data.dataset import (
+    discover,
+    load_images,
+    relative_path,
+    require_conditions,
+    split_heldout,
+)
+from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
 from diffex.errors import DiffexError
 from diffex.fsutil import refuse_overwrite
-from diffex.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
+from diffex.models.classifier import Classifier, ClassifierInfo, build_timm
 from diffex.progress import make_progress
 from diffex.runtime import describe_device, resolve_device, software_versions
 

@@ -14,19 +14,24 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffex.errors import DiffexError
 
+if TYPE_CHECKING:
+    from diffex.models.classifier import Classifier
+    from diffex.models.diffusion import DiffusionModel
+
 
 @dataclass
 class ModelPair:
     """A classifier and a diffusion model that fit together (same channels and size)."""
 
-    clf: object  # diffex.classifier.Classifier
-    dm: object  # diffex.diffusion.DiffusionModel
+    clf: object  # diffex.models.classifier.Classifier
+    dm: object  # diffex.models.diffusion.DiffusionModel
 
     def to_model_space(self, raw: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw images (B, C, H, W) -> diffusion model space on the model's device."""
@@ -53,10 +58,35 @@ class ModelPair:
 
 def check_models(clf, dm) -> None:
     """Raise a :class:`DiffexError` when the two models cannot work together (before computing)."""
-    from diffex.inspect import check_pair
-
     problems, _ = check_pair(clf, dm)
     if problems:
         raise DiffexError(
             f"{clf.info.source} and {dm.info.source} do not fit together: " + "; ".join(problems)
         )
+
+
+def check_pair(clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[str], list[str]]:
+    """Problems and notes for a classifier + diffusion model pair (either may be None)."""
+    problems, notes = [], []
+    if clf is None or dm is None:
+        return problems, notes
+    ci, di = clf.info, dm.info
+    if ci.in_channels != di.in_channels:
+        problems.append(f"the classifier takes {ci.in_channels} channel(s), the diffusion model {di.in_channels}")
+    if ci.image_size is not None and ci.image_size != di.image_size:
+        problems.append(f"the classifier works at {ci.image_size} px, the diffusion model at {di.image_size} px")
+    if ci.channel_names and di.channel_names and tuple(ci.channel_names) != tuple(di.channel_names):
+        problems.append(f"channel names differ: classifier {list(ci.channel_names)}, diffusion model {list(di.channel_names)}")
+    if di.normalization is None:
+        notes.append("the diffusion model has no stored normalization; inputs are assumed to be in its [-1, 1] space")
+    elif di.normalization != ci.normalization:
+        notes.append(
+            "the models use different normalizations; renders are mapped to raw intensities and through the "
+            "classifier's own normalization (this is fine)"
+        )
+    gate = di.quality_gate or {}
+    if not gate:
+        notes.append("the diffusion model has no recorded quality gate")
+    elif not gate.get("passed"):
+        notes.append("the diffusion model FAILED its quality gate: counterfactuals may look unlike real cells")
+    return problems, notes

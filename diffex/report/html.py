@@ -30,8 +30,8 @@ import numpy as np
 
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, read_json
-from diffex.morphology import measurement_label, salient
-from diffex.traversal import BRIGHTER, DARKER, PALETTE, composite, difference_map
+from diffex.report.morphology import measurement_label, salient
+from diffex.report.traversal import BRIGHTER, DARKER, PALETTE, composite, difference_map
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def grey(channel: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def read_hyperstack(path: Path, n_channels: int) -> np.ndarray:
-    """(F, C, H, W) float32 from a traversal hyperstack written by :func:`diffex.traversal.write_hyperstack`."""
+    """(F, C, H, W) float32 from a traversal hyperstack written by :func:`diffex.report.traversal.write_hyperstack`."""
     import tifffile
 
     try:

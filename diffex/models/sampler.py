@@ -11,7 +11,7 @@ it at every step with t >= ``t_edit``, through a forward hook on ``unet.mid_bloc
 Example
 -------
 >>> import torch
->>> from diffex.diffusion import DiffusionModel, build_unet, UNetSpec, default_scheduler_config, DiffusionInfo
+>>> from diffex.models.diffusion import DiffusionModel, build_unet, UNetSpec, default_scheduler_config, DiffusionInfo
 >>> unet = build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8), 1, 8)
 >>> dm = DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(in_channels=1, image_size=8))
 >>> x0 = torch.rand(2, 1, 8, 8) * 2 - 1

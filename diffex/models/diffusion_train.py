@@ -25,10 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffex.augment import AUGMENTATIONS, augment
 from diffex.config import from_dict, to_dict
-from diffex.dataset import discover, load_images, relative_path, split_heldout
-from diffex.diffusion import (
+from diffex.data.augment import AUGMENTATIONS, augment
+from diffex.data.dataset import discover, load_images, relative_path, split_heldout
+from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
+from diffex.errors import DiffexError
+from diffex.fsutil import atomic_file, refuse_overwrite
+from diffex.models.diffusion import (
     DiffusionInfo,
     DiffusionModel,
     UNetSpec,
@@ -36,12 +39,9 @@ from diffex.diffusion import (
     count_parameters,
     default_scheduler_config,
 )
-from diffex.engine import DEFAULT_STEPS
-from diffex.errors import DiffexError
-from diffex.fsutil import atomic_file, refuse_overwrite
-from diffex.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
+from diffex.models.quality import quality_gate
+from diffex.models.sampler import DEFAULT_STEPS
 from diffex.progress import make_progress
-from diffex.quality import quality_gate
 from diffex.runtime import describe_device, resolve_device, software_versions
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def train_diffusion(
     model : DiffusionModel
         The EMA model as written.
     gate : dict
-        The quality gate (:func:`diffex.quality.quality_gate`).
+        The quality gate (:func:`diffex.models.quality.quality_gate`).
     """
     cfg = config or DiffusionTrainConfig()
     out = Path(out)

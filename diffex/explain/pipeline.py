@@ -30,21 +30,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffex import engine
-from diffex.bridge import ModelPair, check_models
-from diffex.classifier import load_classifier
 from diffex.config import from_dict, to_dict
-from diffex.dataset import discover, load_images, relative_path, require_conditions
-from diffex.diffusion import DiffusionModel, check_precision
-from diffex.directions import DirectionContext, generate, get_method
+from diffex.data.dataset import discover, load_images, relative_path, require_conditions
 from diffex.errors import DiffexError
+from diffex.explain.directions import DirectionContext, generate, get_method
+from diffex.explain.rank import SIGNS, attfind, attribute_statistics
+from diffex.explain.sensitivity import classifier_gradients, screen
 from diffex.fsutil import atomic_file, sha256_file, write_json
-from diffex.morphology import describe, measure_many, trend
+from diffex.models import sampler as engine
+from diffex.models.bridge import ModelPair, check_models
+from diffex.models.classifier import load_classifier
+from diffex.models.diffusion import DiffusionModel, check_precision
 from diffex.progress import make_progress
-from diffex.rank import SIGNS, attfind, attribute_statistics
+from diffex.report.morphology import describe, measure_many, trend
+from diffex.report.traversal import animated_gif, grid_png, safe_name, write_hyperstack
 from diffex.runtime import describe_device, resolve_device, software_versions
-from diffex.sensitivity import classifier_gradients, screen
-from diffex.traversal import animated_gif, grid_png, safe_name, write_hyperstack
 
 log = logging.getLogger(__name__)
 
@@ -552,7 +552,7 @@ ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "mean_delta_p
 
 
 def _write_outputs(out, results, cfg_dict, command, dev, classifier, dm_path, records, file_sha, images) -> None:
-    from diffex.report import write_report
+    from diffex.report.html import write_report
 
     with atomic_file(out / "attributes.csv") as fh:
         w = csv.writer(fh, lineterminator="\n")

@@ -34,9 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accid
 
 import torch
 
+from diffex.data.normalize import Normalization
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_dir, verify_checksums, write_checksums, write_json
-from diffex.normalize import Normalization
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,152 @@
+"""Registry of candidate h-space direction generators.
+
+Every generator shares one signature, ``(ctx: DirectionContext, k: int) -> (Tensor[k', *h_shape],
+names)``, returns unit-norm directions, and is registered by name with :func:`register`.
+:func:`generate` runs the chosen methods and merges near-parallel candidates (|cos| above a
+threshold: the earlier one is kept and records what it absorbed).
+
+Methods
+-------
+``pca``          principal components of h over the images' denoising trajectories (per-step centred).
+``gradient``     classifier gradients through the sampler: the mean gradient towards each target
+                 condition, then the top right singular vectors of the stacked per-image gradients.
+``jacobian``     top right singular vectors of ∂ε/∂h (subspace iteration; J·v by central differences,
+                 Jᵀ·u by autograd) at a few timesteps of the edit interval.
+``contrastive``  DiffEx-style baseline: K directions trained with the LatentCLR loss, so that one
+                 direction changes the UNet's output in the same way on every image and differently
+                 from the other directions.
+
+Example
+-------
+>>> list_methods()
+['contrastive', 'gradient', 'jacobian', 'pca']
+>>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffex.errors import DiffexError
+from diffex.models.sampler import mid_block_offset
+
+Generator = Callable[["DirectionContext", int], tuple[torch.Tensor, list[str]]]
+_REGISTRY: dict[str, Generator] = {}
+
+
+def register(name: str) -> Callable[[Generator], Generator]:
+    """Decorator adding a generator to the registry under ``name``."""
+
+    def wrap(fn: Generator) -> Generator:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Generator:
+    if name not in _REGISTRY:
+        raise DiffexError(f"unknown direction method {name!r}; available: {', '.join(list_methods())}")
+    return _REGISTRY[name]
+
+
+@dataclass
+class DirectionContext:
+    """What generators may use. Tensors are on the CPU unless noted.
+
+    Attributes
+    ----------
+    pair : ModelPair
+    x0 : Tensor (N, C, H, W)       reconstructions in model space (a subset is enough)
+    h : Tensor (N, S, *h_shape)    h at every rendering step of each reconstruction
+    grads : Tensor (M, *h_shape)   per-image classifier gradients (M <= N images)
+    grad_targets : ndarray (M,)    the target class index of each gradient
+    class_names : list of str
+    timesteps : ndarray            the DDIM timesteps of the edit interval (ascending)
+    h_scale : float                mean ‖h‖ (strength unit)
+    seed : int
+    contrastive_iterations : int
+    """
+
+    pair: object
+    x0: torch.Tensor
+    h: torch.Tensor
+    grads: torch.Tensor
+    grad_targets: np.ndarray
+    class_names: list[str]
+    timesteps: np.ndarray
+    h_scale: float
+    seed: int = 0
+    contrastive_iterations: int = 30
+    probe_images: int = 8
+
+    @property
+    def h_shape(self) -> tuple[int, ...]:
+        return tuple(self.h.shape[2:])
+
+    def probe_batch(self) -> torch.Tensor:
+        """A fixed, seeded subset of reconstructions (B, C, H, W) for Jacobian/contrastive probes."""
+        g = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(self.x0.shape[0], generator=g)[: self.probe_images]
+        return self.x0[idx.sort().values]
+
+    def noised(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+        """x0 (B, C, H, W) noised to timestep t with seeded noise (probe inputs)."""
+        a = float(self.pair.dm.alphas_cumprod[t])
+        g = torch.Generator().manual_seed(self.seed + 7919 * t)
+        noise = torch.randn(x0.shape, generator=g)
+        return math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+
+
+@dataclass
+class Candidates:
+    """Unit-norm candidate directions with their names and provenance."""
+
+    vectors: torch.Tensor  # (K, *h_shape)
+    names: list[str]
+    merged: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    flat = v.flatten(1)
+    return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(v)
+
+
+def generate(ctx: DirectionContext, methods: list[str], k: int, merge_cos: float = 0.9) -> Candidates:
+    """Run each method for ``k`` directions and merge near-parallel ones (|cos| > ``merge_cos``)."""
+    vecs, names = [], []
+    for m in methods:
+        v, n = get_method(m)(ctx, k)
+        if v.shape[1:] != ctx.h_shape:
+            raise DiffexError(f"direction method {m!r} returned shape {tuple(v.shape[1:])}, expected {ctx.h_shape}")
+        vecs.append(unit(v.float()))
+        names += [f"{m}:{x}" for x in n]
+    allv = torch.cat(vecs)
+    keep: list[int] = []
+    merged: dict[str, list[str]] = {}
+    flat = allv.flatten(1)
+    for i in range(len(names)):
+        dup = next((j for j in keep if abs(float(flat[i] @ flat[j])) > merge_cos), None)
+        if dup is None:
+            keep.append(i)
+        else:
+            merged.setdefault(names[dup], []).append(names[i])
+    return Candidates(allv[keep], [names[i] for i in keep], merged)
+
+
+def eps_with(dm, x: torch.Tensor, t: int, delta: torch.Tensor | None) -> torch.Tensor:
+    """Noise prediction for x (B, C, H, W) at t with ``delta`` added to h (None: unedited)."""
+    with mid_block_offset(dm.unet, delta):
+        return dm.eps(x, t)
