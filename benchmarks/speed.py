@@ -31,17 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffex.data.dataset import discover, load_images
+from diffex.data.dataset import discover, load_images, stratified_indices
 from diffex.errors import DiffexError
+from diffex.explain.config import ExplainConfig
 from diffex.explain.directions import DirectionContext, generate
-from diffex.explain.pipeline import ExplainConfig, group_targets, stratified_indices
+from diffex.explain.effects import effect_table
+from diffex.explain.invert import counterfactual_targets
 from diffex.explain.rank import attfind
 from diffex.explain.reference import reference_attfind
 from diffex.explain.sensitivity import classifier_gradients, screen
+from diffex.models import hooks
 from diffex.models import sampler as engine
 from diffex.models.bridge import ModelPair, check_models
 from diffex.models.classifier import load_classifier
 from diffex.models.diffusion import DiffusionModel
+from diffex.models.sampler import SamplerSpec
 from diffex.runtime import describe_device, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +87,6 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     imgs = load_images(recs, dm.info.image_size, dm.info.resize_mode, show_progress=False)
     labels = imgs.labels(names)
     x0 = pair.to_model_space(imgs.raw)
-    asym = cfg.mode == "asymmetric"
     n_all = len(recs)
     gidx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.gradient_images, cfg.seed + 1)
     ridx = np.arange(n_all) if all_images else stratified_indices(labels, cfg.rank_images, cfg.seed + 2)
@@ -94,16 +97,16 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     # (b) diffex
     _reset_peak(dev)
     t0, c0 = time.perf_counter(), time.process_time()
-    with engine.EvaluationCounter(dm.unet) as ev_b:
-        xt = engine.ddim_invert(dm, x0, cfg.steps, batch_size=cfg.batch_size, t_end=cfg.t_end)
+    with hooks.EvaluationCounter(dm.unet) as ev_b:
+        xt = engine.ddim_invert(dm, x0, cfg.sampler, batch_size=cfg.batch_size)
         store: list = []
-        with engine.record_h(dm.unet, store):
-            rec = engine.ddim_render(dm, xt, cfg.steps, batch_size=cfg.batch_size, t_end=cfg.t_end)
+        with hooks.record_h(dm.unet, store):
+            rec = engine.ddim_render(dm, xt, cfg.sampler, batch_size=cfg.batch_size)
         chunks = math.ceil(len(recs) / cfg.batch_size)  # the sampler evaluates chunk by chunk within each step
         h = torch.stack([torch.cat(store[s * chunks:(s + 1) * chunks]) for s in range(cfg.steps)], 1).cpu()  # (N, S, *h)
         p_rec = pair.probs(rec).numpy()
-        targets = group_targets(p_rec, labels)
-        grads = classifier_gradients(pair, xt[gidx].cpu(), torch.as_tensor(targets[gidx]), cfg.steps, cfg.t_edit, False, cfg.t_end,
+        targets = counterfactual_targets(p_rec, labels)
+        grads = classifier_gradients(pair, xt[gidx].cpu(), torch.as_tensor(targets[gidx]), cfg.gradient_sampler,
                                      batch_size=min(16, cfg.batch_size))
         h_scale = float(h.flatten(2).norm(dim=2).mean())
         ts = engine.ddim_timesteps(dm.num_train_timesteps, cfg.steps, cfg.t_end)
@@ -114,25 +117,24 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         top = min(cfg.screen_top, len(vectors))
         order, _ = screen(grads, targets[gidx], vectors, top)
         offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale).flatten(0, 1)
-        x_edit = engine.render_edits(dm, xt[ridx], offsets, cfg.steps, cfg.batch_size, cfg.t_edit, asym, cfg.t_end)
+        x_edit = engine.render_edits(dm, xt[ridx], offsets, cfg.sampler, batch_size=cfg.batch_size)
         p_edit = pair.probs(x_edit.flatten(0, 1)).numpy().reshape(len(ridx), len(order), 2, -1)  # (n', K', 2, classes)
-        tgt = targets[ridx][:, None, None]
-        effect = np.take_along_axis(p_edit, tgt[..., None], -1)[..., 0] - p_rec[ridx, targets[ridx]][:, None, None]
-        flipped = p_edit.argmax(-1) == tgt
+        effect, flipped = effect_table(p_edit, p_rec[ridx], targets[ridx])
         sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
     wall_b, cpu_b = time.perf_counter() - t0, time.process_time() - c0
-    out["diffex"] = {"unet_image_evaluations": ev_b.images, "unet_down_paths": ev_b.encoder_images, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
+    out["diffex"] = {"unet_image_evaluations": ev_b.predictions, "unet_down_paths": ev_b.down_paths, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
                      "candidates": len(vectors), "rendered": len(order), "shortlist": [int(i) for i in order]}
 
     # (a) reference
     _reset_peak(dev)
     t0, c0 = time.perf_counter(), time.process_time()
-    with engine.EvaluationCounter(dm.unet) as ev_a:
-        sels = reference_attfind(pair, x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size, asymmetric=asym)
+    with hooks.EvaluationCounter(dm.unet) as ev_a:
+        sels = reference_attfind(pair, x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size,
+                                 render_spec=SamplerSpec(steps=20, mode=cfg.mode))
     wall_a, cpu_a = time.perf_counter() - t0, time.process_time() - c0
     sel_a = [(s.direction, s.sign) for s in sels]
-    out["reference"] = {"unet_image_evaluations": ev_a.images, "unet_down_paths": ev_a.encoder_images, "wall_s": wall_a, "cpu_s": cpu_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
-    out["evaluation_ratio"] = ev_a.images / max(1, ev_b.images)
+    out["reference"] = {"unet_image_evaluations": ev_a.predictions, "unet_down_paths": ev_a.down_paths, "wall_s": wall_a, "cpu_s": cpu_a, "peak_mb": _peak_mb(dev), "selection": sel_a}
+    out["evaluation_ratio"] = ev_a.predictions / max(1, ev_b.predictions)
     out["wall_ratio"] = wall_a / max(1e-9, wall_b)
     out["cpu_ratio"] = cpu_a / max(1e-9, cpu_b)
     denom = max(1, min(len(sel_a), m))

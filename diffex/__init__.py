@@ -5,7 +5,7 @@ The Python API mirrors the command line::
     import diffex
     res = diffex.explain("sample_data/models/classifier", "sample_data/heldout",
                          out="exp", diffusion="sample_data/models/diffusion")
-    res.attributes[0]["description"], res.report
+    res.attributes[0].description, res.report
 
 Heavy modules (torch, diffusers) load on first use.
 """
@@ -21,8 +21,9 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
 
 _LAZY = {
     "explain": ("diffex.explain.pipeline", "explain"),
-    "ExplainConfig": ("diffex.explain.pipeline", "ExplainConfig"),
+    "ExplainConfig": ("diffex.explain.config", "ExplainConfig"),
     "ExplainResult": ("diffex.explain.pipeline", "ExplainResult"),
+    "read_results": ("diffex.report.results", "read_results"),
     "load_classifier": ("diffex.models.classifier", "load_classifier"),
     "DiffusionModel": ("diffex.models.diffusion", "DiffusionModel"),
 }

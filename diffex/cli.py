@@ -205,7 +205,7 @@ def explain_cmd(
 ):
     """Find and rank the h-space attributes that change the classifier's decision, with counterfactual traversals."""
     show = _setup(quiet, verbose)
-    from diffex.explain.pipeline import config_from_dict, explain
+    from diffex.explain import config_from_dict, explain
 
     def go():
         cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed, precision=precision)
@@ -214,10 +214,10 @@ def explain_cmd(
 
     res = _run(go)
     for a in res.attributes:
-        lo, hi = a["delta_p_ci95"]
-        typer.echo(f"towards {a['target']} #{a['rank']}: {a['name']} ({'+' if a['sign'] > 0 else '-'}) "
-                   f"dp {a['mean_delta_p']:+.3f} [{lo:+.3f}, {hi:+.3f}], flips {a['flip_rate']:.0%}, "
-                   f"AUC {a['separation_auc']:.2f}; {a.get('description', '')}")
+        lo, hi = a.delta_p_ci95
+        typer.echo(f"towards {a.target} #{a.rank}: {a.name} ({'+' if a.sign > 0 else '-'}) "
+                   f"dp {a.mean_delta_p:+.3f} [{lo:+.3f}, {hi:+.3f}], flips {a.flip_rate:.0%}, "
+                   f"AUC {a.separation_auc:.2f}; {a.description}")
     typer.echo(str(res.report))
 
 
@@ -245,7 +245,7 @@ def demo_cmd(
 ):
     """Explain the shipped sample classifier on the shipped held-out cells (about 4 min on 2 CPU cores)."""
     show = _setup(quiet, verbose)
-    from diffex.explain.pipeline import ExplainConfig, explain, sample_data_dir
+    from diffex.explain import ExplainConfig, explain, sample_data_dir
 
     def go():
         root = sample_data_dir()

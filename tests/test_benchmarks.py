@@ -19,7 +19,7 @@ def _load(name):
 
 
 def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
-    from diffex.explain.pipeline import ExplainConfig
+    from diffex.explain import ExplainConfig
 
     speed = _load("speed")
     cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=4, gradient_images=6, rank_images=4)
@@ -38,30 +38,32 @@ def test_speed_benchmark_smoke(tiny_classifier, tiny_diffusion, cells):
 def test_reference_attfind_recounts_every_round(tiny_classifier, tiny_diffusion):
     from diffex.explain.reference import reference_attfind
     from diffex.models.bridge import ModelPair
-    from diffex.models.sampler import EvaluationCounter, h_shape
+    from diffex.models.hooks import EvaluationCounter, h_shape
+    from diffex.models.sampler import SamplerSpec
 
     pair = ModelPair(tiny_classifier[1], tiny_diffusion[1])
     torch.manual_seed(0)
     x0 = torch.rand(3, 2, 16, 16) * 2 - 1
     dirs = torch.nn.functional.normalize(torch.randn(2, *h_shape(pair.dm)).flatten(1), dim=1).view(2, *h_shape(pair.dm))
     with EvaluationCounter(pair.dm.unet) as n:
-        sel = reference_attfind(pair, x0, np.array([1, 0, 1]), dirs, 5.0, 2, invert_steps=4, render_steps=2)
+        sel = reference_attfind(pair, x0, np.array([1, 0, 1]), dirs, 5.0, 2, invert_spec=SamplerSpec(steps=4),
+                                render_spec=SamplerSpec(steps=2))
     assert len(sel) <= 2
     # the first round alone: 3 images x (4 inversion + 2 reconstruction + 2 directions x 2 signs x 2 steps)
-    assert n.images >= 3 * (4 + 2 + 2 * 2 * 2)
+    assert n.predictions >= 3 * (4 + 2 + 2 * 2 * 2)
 
 
 def test_validity_scoring_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path):
     from test_explain import TINY
 
-    from diffex.explain.pipeline import explain
+    from diffex.explain import explain
 
     validity = _load("validity")
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
     row = validity.score(res.out, cells, cells.parent / "cells_factors.csv", ("nucleus_radius", "actin_level"))
-    top = [a for a in res.attributes if a["rank"] == 1]
+    top = [a for a in res.attributes if a.rank == 1]
     assert row["attributes"] == len(res.attributes)
-    assert row["flip_rate"] == np.mean([a["flip_rate"] for a in top])
+    assert row["flip_rate"] == np.mean([a.flip_rate for a in top])
     assert 0 <= row["l1"] and -1 <= row["ssim"] <= 1
     # nuclear area measured on the real images follows the true nucleus radius
     assert row["proxy_r_nucleus_radius"] > 0.5

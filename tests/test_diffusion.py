@@ -20,7 +20,13 @@ from diffex.models.diffusion import (
 )
 from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
 from diffex.models.quality import format_gate, largest_object_area
-from diffex.models.sampler import ddim_invert, ddim_render, ddim_timesteps, psnr
+from diffex.models.sampler import (
+    SamplerSpec,
+    ddim_invert,
+    ddim_render,
+    ddim_timesteps,
+    psnr,
+)
 
 
 def _tiny_cfg(**kw):
@@ -135,9 +141,9 @@ def test_ddim_round_trip_is_exact_for_the_exact_denoiser():
     sched = default_scheduler_config()
     probe = DiffusionModel(build_unet(UNetSpec(**TINY_UNET), 2, 8), sched, DiffusionInfo(2, 8))
     dm = DiffusionModel(_OracleUNet(x_star, probe.alphas_cumprod), sched, DiffusionInfo(2, 8))
-    xt = ddim_invert(dm, x_star, steps=10)
-    torch.testing.assert_close(ddim_render(dm, xt, steps=10), x_star, rtol=1e-4, atol=1e-4)
-    assert float(psnr(ddim_render(dm, xt, steps=10), x_star)[0]) > 60
+    xt = ddim_invert(dm, x_star, SamplerSpec(steps=10))
+    torch.testing.assert_close(ddim_render(dm, xt, SamplerSpec(steps=10)), x_star, rtol=1e-4, atol=1e-4)
+    assert float(psnr(ddim_render(dm, xt, SamplerSpec(steps=10)), x_star)[0]) > 60
 
 
 def test_gate_is_recorded_and_printed(tiny_diffusion):
@@ -167,7 +173,7 @@ def test_bf16_precision_is_close_to_fp32_and_returns_float32(tiny_diffusion):
     assert b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 really ran
     assert float((a - b).norm() / a.norm()) < 0.03
     with torch.no_grad():
-        xt = ddim_invert(bf16, x.clamp(-1, 1), steps=3)
-        assert torch.isfinite(ddim_render(bf16, xt, steps=3)).all()
+        xt = ddim_invert(bf16, x.clamp(-1, 1), SamplerSpec(steps=3))
+        assert torch.isfinite(ddim_render(bf16, xt, SamplerSpec(steps=3))).all()
     with pytest.raises(DiffexError, match="precision must be one of"):
         DiffusionModel.load(tiny_diffusion[0], precision="fp16")

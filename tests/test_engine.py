@@ -12,13 +12,8 @@ from diffex.models.diffusion import (
     build_unet,
     default_scheduler_config,
 )
-from diffex.models.sampler import (
-    ddim_invert,
-    ddim_render,
-    h_shape,
-    mid_block_offset,
-    record_h,
-)
+from diffex.models.hooks import h_shape, mid_block_offset, record_h
+from diffex.models.sampler import SamplerSpec, ddim_invert, ddim_render
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +25,10 @@ def dm():
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(2, 16))
+
+
+def spec(steps, t_edit=0, t_end=None, asymmetric=False):
+    return SamplerSpec(steps=steps, t_end=t_end, t_edit=t_edit, mode="asymmetric" if asymmetric else "symmetric")
 
 
 def _manual_forward(unet, x, t, delta):
@@ -66,26 +65,26 @@ def test_hook_equals_hand_written_forward(dm):
 def test_record_h(dm):
     store: list = []
     with torch.no_grad(), record_h(dm.unet, store):
-        ddim_invert(dm, torch.randn(2, 2, 16, 16), steps=4)
+        ddim_invert(dm, torch.randn(2, 2, 16, 16), spec(4))
     assert len(store) == 4 and store[0].shape == (2, 32, 4, 4)
 
 
 def test_zero_or_late_edit_is_no_edit(dm):
     xt = torch.randn(2, 2, 16, 16)
-    plain = ddim_render(dm, xt, steps=5)
+    plain = ddim_render(dm, xt, spec(5))
     zero = torch.zeros(32, 4, 4)
-    torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=zero), plain)
+    torch.testing.assert_close(ddim_render(dm, xt, spec(5), delta=zero), plain)
     # asymmetric steps run forked (batch 2B in the up path): equal up to batch-size-dependent rounding
-    torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=zero, asymmetric=True), plain, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(ddim_render(dm, xt, steps=5, delta=torch.ones(32, 4, 4), t_edit=1000), plain)
+    torch.testing.assert_close(ddim_render(dm, xt, spec(5, asymmetric=True), delta=zero), plain, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(ddim_render(dm, xt, spec(5, t_edit=1000), delta=torch.ones(32, 4, 4)), plain)
 
 
 def test_edit_acts_only_on_early_steps(dm):
     xt = torch.randn(1, 2, 16, 16)
     d = torch.randn(1, 32, 4, 4)
-    early = ddim_render(dm, xt, steps=5, delta=d, t_edit=500)
-    full = ddim_render(dm, xt, steps=5, delta=d, t_edit=0)
-    plain = ddim_render(dm, xt, steps=5)
+    early = ddim_render(dm, xt, spec(5, t_edit=500), delta=d)
+    full = ddim_render(dm, xt, spec(5), delta=d)
+    plain = ddim_render(dm, xt, spec(5))
     assert (early - plain).abs().max() > 1e-4 and (early - full).abs().max() > 1e-4
 
 
@@ -93,9 +92,9 @@ def test_edit_acts_only_on_early_steps(dm):
 def test_batched_edits_equal_sequential(dm, asymmetric):
     xt = torch.randn(5, 2, 16, 16)
     delta = torch.randn(5, 32, 4, 4)
-    batched = ddim_render(dm, xt, steps=4, delta=delta, t_edit=400, asymmetric=asymmetric, batch_size=2)
+    batched = ddim_render(dm, xt, spec(4, 400, asymmetric=asymmetric), delta=delta, batch_size=2)
     one_by_one = torch.cat([
-        ddim_render(dm, xt[i : i + 1], steps=4, delta=delta[i : i + 1], t_edit=400, asymmetric=asymmetric)
+        ddim_render(dm, xt[i : i + 1], spec(4, 400, asymmetric=asymmetric), delta=delta[i : i + 1])
         for i in range(5)
     ])
     # Equal up to float32 batch-size-dependent rounding (amplified by 1/sqrt(alpha) at t ~ T);
@@ -111,11 +110,11 @@ def test_render_edits_batched_equals_sequential(dm):
     xt = torch.randn(3, 2, 16, 16)
     dirs = torch.randn(2, *h_shape(dm))
     offs = edit_offsets(dirs, torch.tensor([-1.0, 0.5]), scale=2.0).flatten(0, 1)  # (4, *h)
-    batched = render_edits(dm, xt, offs, steps=4, batch_size=5, t_edit=300, asymmetric=True)  # (3, 4, C, H, W)
+    batched = render_edits(dm, xt, offs, spec(4, 300, asymmetric=True), batch_size=5)  # (3, 4, C, H, W)
     assert batched.shape == (3, 4, 2, 16, 16)
     for i in range(3):
         for e in range(4):
-            one = ddim_render(dm, xt[i : i + 1], 4, delta=offs[e : e + 1], t_edit=300, asymmetric=True)
+            one = ddim_render(dm, xt[i : i + 1], spec(4, 300, asymmetric=True), delta=offs[e : e + 1])
             torch.testing.assert_close(batched[i, e], one[0], atol=1e-3, rtol=1e-3)  # float32 batch rounding
 
 
@@ -144,25 +143,25 @@ def test_differentiable_render_matches_no_grad_render(dm):
     torch.manual_seed(2)
     xt = torch.randn(2, 2, 16, 16)
     delta = 0.3 * torch.randn(2, *h_shape(dm))
-    ref = ddim_render(dm, xt, 3, delta=delta, t_edit=0, t_end=699)
-    got = ddim_render_differentiable(dm, xt, delta, 3, t_end=699)
+    ref = ddim_render(dm, xt, spec(3, t_end=699), delta=delta)
+    got = ddim_render_differentiable(dm, xt, delta, spec(3, t_end=699))
     torch.testing.assert_close(got.detach(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_evaluation_counter_counts_images_per_pass(dm):
-    from diffex.models.sampler import EvaluationCounter
+    from diffex.models.hooks import EvaluationCounter
 
     with EvaluationCounter(dm.unet) as n:
-        xt = ddim_invert(dm, torch.zeros(3, 2, 16, 16), steps=4)
-        ddim_render(dm, xt, 4, delta=torch.zeros(1, *h_shape(dm)), asymmetric=True, t_edit=500)
+        xt = ddim_invert(dm, torch.zeros(3, 2, 16, 16), spec(4))
+        ddim_render(dm, xt, spec(4, 500, asymmetric=True), delta=torch.zeros(1, *h_shape(dm)))
     # inversion 3 x 4; rendering: 2 steps below t_edit (1 pass) + 2 at/above it (2 passes); h_shape's dry pass is 1
-    assert n.images == 3 * 4 + 3 * (2 + 2 * 2) + 1
+    assert n.predictions == 3 * 4 + 3 * (2 + 2 * 2) + 1
     # the two predictions of an edited step share one down path: 3 images x 2 steps fewer encoder passes
-    assert n.encoder_images == n.images - 3 * 2
+    assert n.down_paths == n.predictions - 3 * 2
 
 
 def test_fork_equals_hand_written_forward(dm):
-    from diffex.models.sampler import can_fork, mid_block_fork
+    from diffex.models.hooks import can_fork, mid_block_fork
 
     assert can_fork(dm.unet)
     x = torch.randn(3, 2, 16, 16)
@@ -180,16 +179,17 @@ def test_forked_asymmetric_render_equals_two_passes(dm, per_image):
     torch.manual_seed(1)
     xt = torch.randn(5, 2, 16, 16)
     delta = torch.randn(5 if per_image else 1, 32, 4, 4)
-    kw = dict(steps=4, delta=delta, t_edit=300, asymmetric=True, batch_size=2)
-    forked, two = ddim_render(dm, xt, **kw), ddim_render(dm, xt, fork=False, **kw)
+    kw = dict(delta=delta, batch_size=2)
+    edit = spec(4, 300, asymmetric=True)
+    forked, two = ddim_render(dm, xt, edit, **kw), ddim_render(dm, xt, edit, fork=False, **kw)
     torch.testing.assert_close(forked, two, atol=1e-3, rtol=1e-3)
-    assert (forked - ddim_render(dm, xt, steps=4)).abs().max() > 1e-3  # the edit does something
+    assert (forked - ddim_render(dm, xt, spec(4))).abs().max() > 1e-3  # the edit does something
 
 
 def test_fourier_time_embedding_is_not_forked():
     from diffusers import UNet2DModel
 
-    from diffex.models.sampler import can_fork
+    from diffex.models.hooks import can_fork
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), norm_num_groups=4,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from diffex.cli import app
 from diffex.errors import DiffexError
-from diffex.explain.pipeline import ExplainConfig, config_from_dict, explain
+from diffex.explain import ExplainConfig, config_from_dict, explain
 from diffex.models.bridge import ModelPair
 
 TINY = ExplainConfig(
@@ -47,18 +47,19 @@ def test_bridge_round_trip_keeps_logits(pair, cells):
 
 def test_gradient_matches_finite_differences(pair):
     from diffex.explain.sensitivity import classifier_gradients
-    from diffex.models.sampler import ddim_render, h_shape
+    from diffex.models.sampler import SamplerSpec, ddim_render, h_shape
 
     torch.manual_seed(0)
     xt = torch.randn(2, 2, 16, 16)
     targets = torch.tensor([1, 0])
-    g = classifier_gradients(pair, xt, targets, steps=3, t_end=699)  # (2, *h)
+    spec = SamplerSpec(steps=3, t_end=699)
+    g = classifier_gradients(pair, xt, targets, spec)  # (2, *h)
     v = torch.randn(*h_shape(pair.dm))
     v /= v.norm()
     eps = 1e-2
     with torch.no_grad():
-        plus = pair.log_probs(ddim_render(pair.dm, xt, 3, delta=eps * v, t_end=699))
-        minus = pair.log_probs(ddim_render(pair.dm, xt, 3, delta=-eps * v, t_end=699))
+        plus = pair.log_probs(ddim_render(pair.dm, xt, spec, delta=eps * v))
+        minus = pair.log_probs(ddim_render(pair.dm, xt, spec, delta=-eps * v))
     fd = (plus - minus).gather(1, targets[:, None])[:, 0] / (2 * eps)  # (2,)
     analytic = (g.flatten(1) * v.flatten()).sum(1)
     torch.testing.assert_close(analytic, fd, atol=2e-3 + 0.05 * fd.abs().max().item(), rtol=0.05)
@@ -67,7 +68,7 @@ def test_gradient_matches_finite_differences(pair):
 @pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive"])
 def test_direction_methods_give_unit_vectors(pair, method):
     from diffex.explain.directions import DirectionContext, generate
-    from diffex.models.sampler import h_shape
+    from diffex.models.hooks import h_shape
 
     hs = h_shape(pair.dm)
     torch.manual_seed(0)
@@ -113,11 +114,11 @@ def test_explain_end_to_end_outputs(tiny_classifier, tiny_diffusion, cells, tmp_
     prov = json.loads((out / "provenance.json").read_text())
     assert len(prov["images"]) == 16 and all(len(i["sha256"]) == 64 for i in prov["images"])
     for a in res.attributes:
-        assert a["target"] in ("control", "treated")
-        lo, hi = a["delta_p_ci95"]
-        assert lo <= a["mean_delta_p"] <= hi
-        tifs = [f for f in a["files"] if f.endswith(".tif")]
-        assert tifs, a["files"]
+        assert a.target in ("control", "treated")
+        lo, hi = a.delta_p_ci95
+        assert lo <= a.mean_delta_p <= hi
+        tifs = [f for f in a.files if f.endswith(".tif")]
+        assert tifs, a.files
         with tifffile.TiffFile(out / "traversals" / tifs[0]) as tf:
             assert tf.is_imagej and tf.series[0].axes == "TCYX"
             assert tf.series[0].shape == (3, 2, 16, 16)
@@ -146,8 +147,8 @@ def test_same_seed_same_attributes_and_resume_after_crash(tiny_classifier, tiny_
     res = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "b")
     inv_after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "b" / "cache" / "inversions").iterdir()}
     assert inv_before == inv_after  # inversions were reused, not recomputed
-    assert res.results["unet_image_evaluations_this_run"]["inversion"] == 0
-    assert res.results["unet_image_evaluations_this_run"].get("gradients", 0) == 0  # cached before the crash
+    assert res.results.unet_image_evaluations_this_run["inversion"] == 0
+    assert res.results.unet_image_evaluations_this_run.get("gradients", 0) == 0  # cached before the crash
     assert (ref.out / "attributes.csv").read_text() == (res.out / "attributes.csv").read_text()
     a = json.loads((ref.out / "results.json").read_text())
     b = json.loads((res.out / "results.json").read_text())
@@ -176,12 +177,12 @@ def test_bad_inversions_are_flagged_and_not_ranked(tiny_classifier, tiny_diffusi
     values = np.array([float(load_file(p)["psnr"][0]) for p in cache])
     cut = float(np.sort(values)[3]) + 1e-6  # flags the 4 worst
     res = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "q", config=replace(TINY, min_psnr=cut))
-    flagged = res.results["inversion"]["flagged"]
-    assert len(flagged) == 4 and all(f["psnr_db"] < cut for f in flagged)
+    flagged = res.results.inversion.flagged
+    assert len(flagged) == 4 and all(f.psnr_db < cut for f in flagged)
     used = set()
     for a in res.attributes:
-        used |= set(a["traversal"]["images"])
-    assert not used & {f["image"] for f in flagged}
+        used |= set(a.traversal.images)
+    assert not used & {f.image for f in flagged}
 
 
 def test_models_that_disagree_stop_before_computing(tiny_classifier, cells, tmp_path):
@@ -233,7 +234,7 @@ def test_bf16_run_is_recorded_and_cached_apart(tiny_classifier, tiny_diffusion, 
 
     fp = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "fp32")
     bf = _run(tiny_classifier, tiny_diffusion, cells, tmp_path / "bf16", config=replace(TINY, precision="bf16"))
-    assert bf.results["config"]["precision"] == "bf16"
+    assert bf.results.config["precision"] == "bf16"
     keys = {p.name for p in (fp.out / "cache" / "inversions").glob("*.safetensors")}
     assert keys.isdisjoint(p.name for p in (bf.out / "cache" / "inversions").glob("*.safetensors"))
     prov = json.loads((bf.out / "provenance.json").read_text())
@@ -268,9 +269,9 @@ def test_three_conditions(tiny_diffusion, tmp_path):
     cfg = ClassifierTrainConfig(arch="test_resnet", size=16, epochs=1, batch_size=6, heldout_fraction=0.2)
     train_classifier(tmp_path / "three", tmp_path / "clf3", cfg, device="cpu", show_progress=False)
     res = explain(tmp_path / "clf3", tmp_path / "three", tmp_path / "exp3", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
-    assert res.results["conditions"] == ["control", "high", "low"]
-    assert {a["target"] for a in res.attributes} <= {"control", "high", "low"}
-    assert len(res.results["confusion_matrix"]) == 3
+    assert res.results.conditions == ["control", "high", "low"]
+    assert {a.target for a in res.attributes} <= {"control", "high", "low"}
+    assert len(res.results.confusion_matrix) == 3
 
 
 def test_report_rerender_and_morphology_csv(tiny_classifier, tiny_diffusion, cells, tmp_path):

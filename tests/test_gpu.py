@@ -28,12 +28,12 @@ def test_explain_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells, tmp_path
 
     from test_explain import TINY
 
-    from diffex.explain.pipeline import explain
+    from diffex.explain import explain
 
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, precision="bf16"),
                   device="cuda", show_progress=False)
-    assert res.results["config"]["precision"] == "bf16"
-    assert math.isfinite(res.results["inversion"]["psnr_db_mean"])
+    assert res.results.config["precision"] == "bf16"
+    assert math.isfinite(res.results.inversion.psnr_db_mean)
     assert (res.out / "report.html").exists()
 
 
@@ -41,7 +41,7 @@ def test_explain_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells, tmp_path
 def test_speed_benchmark_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells):
     from test_benchmarks import _load
 
-    from diffex.explain.pipeline import ExplainConfig
+    from diffex.explain import ExplainConfig
 
     cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=64, precision="bf16")
     res = _load("speed").run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cuda", cfg=cfg)

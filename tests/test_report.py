@@ -49,7 +49,7 @@ class _Tags(HTMLParser):
 def hostile_experiment(tiny_diffusion, tmp_path_factory):
     """explain end to end on images whose condition folder and file names are HTML, then channel names made hostile."""
     from diffex.data.synthetic import ConditionFactors, SyntheticSpec, generate_dataset
-    from diffex.explain.pipeline import explain
+    from diffex.explain import explain
     from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     root = tmp_path_factory.mktemp("hostile")

@@ -255,6 +255,26 @@ def split_heldout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.sort(np.array(train)), np.sort(np.array(held))
 
 
+def stratified_indices(labels: np.ndarray, n: int, seed: int, pool: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of up to n items drawn from ``pool`` (default: all), proportionally from each label, seeded.
+
+    Example
+    -------
+    >>> stratified_indices(np.array([0, 0, 0, 0, 1, 1, 1, 1]), 4, seed=0).tolist()
+    [2, 3, 4, 5]
+    """
+    pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
+    if len(pool) <= n:
+        return np.sort(pool)
+    rng = np.random.default_rng(seed)
+    out = []
+    for lab in np.unique(labels[pool]):
+        members = pool[labels[pool] == lab]
+        take = max(1, round(n * len(members) / len(pool)))
+        out.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(out))[: max(n, len(np.unique(labels[pool])))]
+
+
 def relative_path(path: Path, source: str | Path) -> str:
     """``path`` relative to the image folder (or the manifest's folder) when inside it, for records.
 

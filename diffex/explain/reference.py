@@ -6,21 +6,33 @@ direction x sign, then picks the direction and sign with the largest mean effect
 images it flips. Unlike the reference loop, which can run forever, it stops after
 ``max_attributes`` rounds, when no image is left, or when no positive effect remains.
 
-diffex's own route (:mod:`diffex.pipeline`) inverts once, screens candidates with gradients and
+diffex's own route (:mod:`diffex.explain.pipeline`) inverts once, screens candidates with gradients and
 renders a shortlist once; ``benchmarks/speed.py`` runs both in one process.
 
 Example
 -------
->>> sel = reference_attfind(pair, x0, targets, directions, strength=58.0, max_attributes=2)   # doctest: +SKIP
+>>> sel = reference_attfind(pair, x0, targets, directions, strength=58.0, max_attributes=2)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
+from diffex.explain.effects import effect_table
 from diffex.explain.rank import SIGNS, Selection
-from diffex.models.sampler import ddim_invert, ddim_render, edit_offsets, render_edits
+from diffex.models.sampler import (
+    SamplerSpec,
+    ddim_invert,
+    ddim_render,
+    edit_offsets,
+    render_edits,
+)
+
+REFERENCE_INVERSION = SamplerSpec(steps=50)  # full inversion, 50 DDIM steps to t = T - 1
+REFERENCE_RENDER = SamplerSpec(steps=20)  # 20 rendering steps from t = T - 1
 
 
 def reference_attfind(
@@ -30,10 +42,10 @@ def reference_attfind(
     directions: torch.Tensor,
     strength: float,
     max_attributes: int,
-    invert_steps: int = 50,
-    render_steps: int = 20,
+    *,
+    invert_spec: SamplerSpec = REFERENCE_INVERSION,
+    render_spec: SamplerSpec = REFERENCE_RENDER,
     batch_size: int = 32,
-    asymmetric: bool = False,
 ) -> list[Selection]:
     """Greedy selection, re-encoding inside the loop (the reference's cost profile).
 
@@ -41,6 +53,8 @@ def reference_attfind(
     ----------
     x0 : (N, C, H, W) images in model space; targets : (N,) target class per image
     directions : (K, *h_shape) unit directions; strength : offset norm in h units
+    invert_spec, render_spec : the inversion (reference: 50 steps to t = T - 1) and the rendering
+        (reference: 20 steps; its ``mode`` and ``t_edit`` apply to the edits)
     """
     dm = pair.dm
     targets = np.asarray(targets)
@@ -48,18 +62,16 @@ def reference_attfind(
     remaining = np.ones(n, dtype=bool)
     available = np.ones(k, dtype=bool)
     offsets = edit_offsets(directions, torch.tensor([-1.0, 1.0]), strength).flatten(0, 1)  # (K*2, *h)
+    plain = replace(render_spec, t_edit=0, mode="symmetric")
     out: list[Selection] = []
     while len(out) < max_attributes and remaining.any() and available.any():
         idx = np.flatnonzero(remaining)
-        xt = ddim_invert(dm, x0[idx], invert_steps, batch_size=batch_size)  # re-encoded every round
-        rec = ddim_render(dm, xt, render_steps, batch_size=batch_size)
-        edits = render_edits(dm, xt, offsets, render_steps, batch_size, 0, asymmetric)  # (n, K*2, C, H, W)
-        tgt = torch.as_tensor(targets[idx])
-        p_rec = pair.probs(rec).gather(1, tgt[:, None])[:, 0]  # (n,)
-        p_all = pair.probs(edits.flatten(0, 1)).view(len(idx), k, 2, -1)  # (n, K, 2, classes)
-        p_edit = p_all.gather(3, tgt.view(-1, 1, 1, 1).expand(-1, k, 2, 1))[..., 0]  # (n, K, 2)
-        effect = (p_edit - p_rec[:, None, None]).numpy()
-        flipped = (p_all.argmax(-1) == tgt.view(-1, 1, 1)).numpy()
+        xt = ddim_invert(dm, x0[idx], invert_spec, batch_size=batch_size)  # re-encoded every round
+        rec = ddim_render(dm, xt, plain, batch_size=batch_size)
+        edits = render_edits(dm, xt, offsets, render_spec, batch_size=batch_size)  # (n, K*2, C, H, W)
+        p_rec = pair.probs(rec).numpy()  # (n, classes)
+        p_all = pair.probs(edits.flatten(0, 1)).numpy().reshape(len(idx), k, 2, -1)  # (n, K, 2, classes)
+        effect, flipped = effect_table(p_all, p_rec, targets[idx])
         means = effect.mean(0)
         means[~available] = -np.inf
         best = int(np.argmax(means))

@@ -7,7 +7,7 @@ best K' are rendered (:func:`screen`).
 
 Example
 -------
->>> g = classifier_gradients(pair, xt, targets, steps=20)      # (N, *h_shape)   doctest: +SKIP
+>>> g = classifier_gradients(pair, xt, targets, SamplerSpec(steps=20, t_end=699))  # (N, *h)  doctest: +SKIP
 >>> order, scores = screen(g, targets, candidates, scale)       # doctest: +SKIP
 """
 
@@ -16,27 +16,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffex.models.sampler import (
-    DEFAULT_STEPS,
-    ddim_render_differentiable,
-    frozen,
-    h_shape,
-)
+from diffex.models.hooks import frozen, h_shape
+from diffex.models.sampler import SamplerSpec, ddim_render_differentiable
 
 
 def classifier_gradients(
-    pair,
-    xt: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int = DEFAULT_STEPS,
-    t_edit: int = 0,
-    asymmetric: bool = False,
-    t_end: int | None = None,
-    batch_size: int = 16,
-    on_chunk=None,
+    pair, xt: torch.Tensor, targets: torch.Tensor, spec: SamplerSpec, *, batch_size: int = 16, on_chunk=None
 ) -> torch.Tensor:
     """Per-image gradient of log p(target) with respect to a shared h offset, (N, *h_shape).
 
+    The offset acts on every step of ``spec`` with t >= ``spec.t_edit``, rendered in ``spec.mode``.
     Each DDIM step is checkpointed, so memory grows with the batch, not with the step count.
     Model parameters are not differentiated.
     """
@@ -48,7 +37,7 @@ def classifier_gradients(
             x = xt[start : start + batch_size].to(dm.device)  # (b, C, H, W)
             tgt = targets[start : start + batch_size].to(dm.device)  # (b,)
             delta = torch.zeros((x.shape[0], *hs), device=dm.device, requires_grad=True)  # (b, *h)
-            x0 = ddim_render_differentiable(dm, x, delta, steps, t_edit, asymmetric, t_end)
+            x0 = ddim_render_differentiable(dm, x, delta, spec)
             logp = pair.log_probs(x0).gather(1, tgt[:, None].to(x0.device))  # (b, 1)
             (grad,) = torch.autograd.grad(logp.sum(), delta)
             out.append(grad.detach().cpu())

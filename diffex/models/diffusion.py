@@ -17,8 +17,10 @@ downloaded.
 
 Example
 -------
->>> model = tiny_model(in_channels=2, size=16)            # doctest: +SKIP
->>> model.save("dm"); DiffusionModel.load("dm").info.image_size   # doctest: +SKIP
+>>> import tempfile
+>>> model = tiny_model(in_channels=2, size=16)
+>>> folder = model.save(tempfile.mkdtemp() + "/dm")
+>>> DiffusionModel.load(folder).info.image_size
 16
 """
 
@@ -274,3 +276,16 @@ def default_scheduler_config(num_train_timesteps: int = 1000, beta_schedule: str
 
 def count_parameters(module: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
+
+
+def tiny_model(in_channels: int = 1, size: int = 8, seed: int = 0) -> DiffusionModel:
+    """An untrained two-level UNet (16 and 32 channels) with the default schedule, for examples and tests.
+
+    Example
+    -------
+    >>> tiny_model(in_channels=2, size=16).info.in_channels
+    2
+    """
+    torch.manual_seed(seed)
+    unet = build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8), in_channels, size)
+    return DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(in_channels=in_channels, image_size=size))

@@ -23,7 +23,14 @@ import torch
 from skimage.filters import threshold_otsu
 from skimage.measure import label
 
-from diffex.models.sampler import DEFAULT_STEPS, ddim_invert, ddim_render, psnr, sample
+from diffex.models.sampler import (
+    DEFAULT_STEPS,
+    SamplerSpec,
+    ddim_invert,
+    ddim_render,
+    psnr,
+    sample,
+)
 
 MEAN_TOL = 0.10
 SPREAD_TOL = 0.25
@@ -96,7 +103,8 @@ def roundtrip_psnr(dm, raw: np.ndarray, steps: int = DEFAULT_STEPS, batch_size: 
     out = []
     for chunk in torch.from_numpy(raw).split(batch_size):
         x0 = dm.to_model_space(chunk.to(dm.device))
-        rec = ddim_render(dm, ddim_invert(dm, x0, steps), steps)
+        spec = SamplerSpec(steps=steps)
+        rec = ddim_render(dm, ddim_invert(dm, x0, spec), spec)
         out.append(psnr(rec, x0).cpu())
     return torch.cat(out).numpy()
 

@@ -10,26 +10,67 @@ it at every step with t >= ``t_edit``, through a forward hook on ``unet.mid_bloc
 
 Example
 -------
->>> import torch
->>> from diffex.models.diffusion import DiffusionModel, build_unet, UNetSpec, default_scheduler_config, DiffusionInfo
->>> unet = build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8), 1, 8)
->>> dm = DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(in_channels=1, image_size=8))
+>>> from diffex.models.diffusion import tiny_model
+>>> dm = tiny_model(in_channels=1, size=8)
 >>> x0 = torch.rand(2, 1, 8, 8) * 2 - 1
->>> xt = ddim_invert(dm, x0, steps=5)
->>> ddim_render(dm, xt, steps=5).shape
+>>> spec = SamplerSpec(steps=5, t_end=699, t_edit=300, mode="asymmetric")
+>>> xt = ddim_invert(dm, x0, spec)
+>>> ddim_render(dm, xt, spec, delta=torch.zeros(1, *h_shape(dm))).shape
 torch.Size([2, 1, 8, 8])
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from diffex.models.hooks import can_fork, h_shape, mid_block_fork, mid_block_offset  # noqa: F401 - h_shape: used in examples
+
 DEFAULT_STEPS = 20
+MODES = ("symmetric", "asymmetric")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How the deterministic DDIM sampler runs: one value passed to inversion, renders and gradients.
+
+    Parameters
+    ----------
+    steps : int
+        DDIM steps on the trailing grid (:func:`ddim_timesteps`).
+    t_end : int, optional
+        Last timestep of the grid, where inversion stops (default T - 1; lower = partial inversion).
+    t_edit : int
+        h-space offsets act on every step with t >= ``t_edit``.
+    mode : str
+        ``symmetric`` (the edited noise prediction in both DDIM terms) or ``asymmetric`` (Asyrp: the
+        edited prediction only in the predicted-x0 term, the unedited one in the direction term).
+
+    Example
+    -------
+    >>> SamplerSpec(steps=4).timesteps(1000).tolist()
+    [249, 499, 749, 999]
+    """
+
+    steps: int = DEFAULT_STEPS
+    t_end: int | None = None
+    t_edit: int = 0
+    mode: str = "symmetric"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.mode == "asymmetric"
+
+    def timesteps(self, num_train_timesteps: int) -> np.ndarray:
+        """Ascending timesteps of the grid (see :func:`ddim_timesteps`)."""
+        return ddim_timesteps(num_train_timesteps, self.steps, self.t_end)
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int, t_end: int | None = None) -> np.ndarray:
@@ -71,11 +112,9 @@ def _eps_batched(dm, x: torch.Tensor, t: int, batch_size: int | None) -> torch.T
 
 
 @torch.no_grad()
-def ddim_invert(
-    dm, x0: torch.Tensor, steps: int = DEFAULT_STEPS, batch_size: int | None = None, t_end: int | None = None
-) -> torch.Tensor:
-    """Map clean images x0 (B, C, H, W) in model space to x_T by deterministic DDIM inversion."""
-    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
+def ddim_invert(dm, x0: torch.Tensor, spec: SamplerSpec, *, batch_size: int | None = None) -> torch.Tensor:
+    """Map clean images x0 (B, C, H, W) in model space to x at ``spec.t_end`` by deterministic DDIM inversion."""
+    ts = spec.timesteps(dm.num_train_timesteps)
     x = x0.to(dm.device, torch.float32)
     prev = -1
     for t in ts:
@@ -85,174 +124,49 @@ def ddim_invert(
     return x
 
 
-@contextlib.contextmanager
-def mid_block_offset(unet, delta: torch.Tensor | None) -> Iterator[None]:
-    """While active, ``unet.mid_block`` returns ``h + delta`` (delta broadcast to (B, *h_shape))."""
-    if delta is None:
-        yield
-        return
-    handle = unet.mid_block.register_forward_hook(lambda _m, _inp, out: out + delta.to(out.dtype))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def can_fork(unet) -> bool:
-    """Whether :func:`mid_block_fork` applies: a diffusers UNet2DModel without skip blocks or Fourier time."""
-    cfg = getattr(unet, "config", None)
-    blocks = list(getattr(unet, "down_blocks", [])) + list(getattr(unet, "up_blocks", []))
-    return (getattr(unet, "mid_block", None) is not None and bool(blocks) and cfg is not None
-            and getattr(cfg, "time_embedding_type", "positional") != "fourier"
-            and not any(hasattr(b, "skip_conv") for b in blocks))
-
-
-@contextlib.contextmanager
-def mid_block_fork(unet, delta: torch.Tensor) -> Iterator[None]:
-    """While active, one UNet call on x (B, ...) returns 2B noise predictions: edited, then unedited.
-
-    The down path and the mid block run once; the mid block's output h (B, *h) becomes
-    ``cat([h + delta, h])`` (2B, *h) and every up block gets its skip connections and time
-    embedding repeated to 2B. This is the Asyrp step's pair of predictions (edited and unedited,
-    from the same x_t) at the cost of one down path and two up paths instead of two full passes.
-    Only for UNets where :func:`can_fork` is true.
-    """
-    def fork(_m, _inp, out):
-        return torch.cat([out + delta.to(out.dtype), out])
-
-    def widen(_m, args):
-        sample, res, emb = args[0], args[1], args[2]
-        if sample.shape[0] != 2 * res[0].shape[0]:
-            return None
-        return (sample, tuple(torch.cat([r, r]) for r in res), torch.cat([emb, emb]), *args[3:])
-
-    handles = [unet.mid_block.register_forward_hook(fork)]
-    handles += [b.register_forward_pre_hook(widen) for b in unet.up_blocks]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def record_h(unet, store: list) -> Iterator[None]:
-    """While active, append each mid-block output (B, *h_shape) to ``store`` (detached)."""
-    handle = unet.mid_block.register_forward_hook(lambda _m, _inp, out: store.append(out.detach()))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """While active, no parameter of ``modules`` requires grad (gradients w.r.t. inputs only)."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-
-
-class EvaluationCounter:
-    """Counts UNet image-evaluations (one per image per forward pass) while attached.
-
-    Images entering the UNet are counted (``encoder_images``; this includes the forward passes that
-    gradient checkpointing recomputes). A forked call (:func:`mid_block_fork`) returns two
-    predictions per input image and counts two evaluations in ``images``, although it runs the down
-    path once: ``images - encoder_images`` is the number of down paths the fork saved.
-
-    Example
-    -------
-    >>> with EvaluationCounter(dm.unet) as n:        # doctest: +SKIP
-    ...     ddim_invert(dm, x0, steps=20)
-    >>> n.images                                      # doctest: +SKIP
-    640
-    """
-
-    def __init__(self, unet: torch.nn.Module):
-        self.unet, self.images, self.encoder_images, self._handles, self._last = unet, 0, 0, [], 0
-
-    def _pre(self, _module, args, kwargs):
-        x = args[0] if args else kwargs["sample"]
-        self._last = int(x.shape[0])
-        self.encoder_images += self._last
-        self.images += self._last
-
-    def _post(self, _module, _args, out):
-        sample = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
-        self.images += max(0, int(sample.shape[0]) - self._last)  # the second prediction of a forked call
-
-    def __enter__(self) -> EvaluationCounter:
-        self._handles = [self.unet.register_forward_pre_hook(self._pre, with_kwargs=True),
-                         self.unet.register_forward_hook(self._post)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def h_shape(dm) -> tuple[int, ...]:
-    """Shape of one image's h (e.g. (128, 4, 4)), found by a dry forward pass."""
-    store: list = []
-    x = torch.zeros(1, dm.info.in_channels, dm.info.image_size, dm.info.image_size, device=dm.device)
-    with torch.no_grad(), record_h(dm.unet, store):
-        dm.eps(x, 0)
-    return tuple(store[0].shape[1:])
-
-
 @torch.no_grad()
 def ddim_render(
     dm,
     xt: torch.Tensor,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int | None = None,
+    spec: SamplerSpec,
+    *,
     delta: torch.Tensor | None = None,
-    t_edit: int = 0,
-    asymmetric: bool = False,
-    t_end: int | None = None,
+    batch_size: int | None = None,
     fork: bool = True,
 ) -> torch.Tensor:
-    """Denoise x_T (B, C, H, W) to clean images in model space by deterministic DDIM.
+    """Denoise x at ``spec.t_end`` (B, C, H, W) to clean images in model space by deterministic DDIM.
 
     Parameters
     ----------
+    spec : SamplerSpec
+        Steps, end timestep, edit window and mode. In ``asymmetric`` mode the edited noise
+        prediction enters only the predicted-x0 term and the direction term keeps the unedited one
+        (two predictions per edited step; with ``fork`` and a UNet that allows it they share one
+        down path, see :func:`mid_block_fork`).
     delta : Tensor, optional
-        h-space offset, (B, *h_shape) or broadcastable, added for every step with t >= ``t_edit``.
-    asymmetric : bool
-        Asyrp-style: the edited noise prediction enters only the predicted-x0 term; the direction
-        term keeps the unedited one (two noise predictions per edited step; with ``fork`` and a
-        UNet that allows it they share one down path, see :func:`mid_block_fork`). Default: symmetric.
+        h-space offset, (B, *h_shape) or broadcastable, added for every step with t >= ``spec.t_edit``.
     """
-    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
+    ts = spec.timesteps(dm.num_train_timesteps)
     x = xt.to(dm.device, torch.float32)
     if delta is not None:
         delta = delta.to(dm.device, torch.float32)
         if batch_size is not None and delta.dim() > 0 and delta.shape[0] == x.shape[0] and x.shape[0] > batch_size:
             # Chunked rendering with per-image offsets: recurse per chunk so offsets stay aligned.
-            return torch.cat([
-                ddim_render(dm, xc, steps, None, dc, t_edit, asymmetric, t_end, fork)
-                for xc, dc in zip(x.split(batch_size), delta.split(batch_size))
-            ])
+            return torch.cat([ddim_render(dm, xc, spec, delta=dc, fork=fork)
+                              for xc, dc in zip(x.split(batch_size), delta.split(batch_size))])
     for i in range(len(ts) - 1, -1, -1):
         t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
         a_t, a_prev = _alpha(dm, t), _alpha(dm, prev)
-        if delta is None or t < t_edit:
+        if delta is None or t < spec.t_edit:
             eps = _eps_batched(dm, x, t, batch_size)
             x = _ddim_step(x, eps, a_t, a_prev)
             continue
-        if asymmetric and fork and can_fork(dm.unet):
+        if spec.asymmetric and fork and can_fork(dm.unet):
             eps_edit, eps_dir = _eps_forked(dm, x, t, batch_size, delta)
         else:
             with mid_block_offset(dm.unet, delta):
                 eps_edit = _eps_batched(dm, x, t, batch_size)
-            eps_dir = _eps_batched(dm, x, t, batch_size) if asymmetric else None
+            eps_dir = _eps_batched(dm, x, t, batch_size) if spec.asymmetric else None
         x = _ddim_step(x, eps_edit, a_t, a_prev, eps_dir)
     return x
 
@@ -278,7 +192,8 @@ def sample(dm, n: int, steps: int = 50, seed: int = 0, batch_size: int = 64) -> 
     g = torch.Generator().manual_seed(seed)
     shape = (n, dm.info.in_channels, dm.info.image_size, dm.info.image_size)
     noise = torch.randn(shape, generator=g)
-    return torch.cat([ddim_render(dm, chunk, steps) for chunk in noise.split(batch_size)])
+    spec = SamplerSpec(steps=steps)
+    return torch.cat([ddim_render(dm, chunk, spec) for chunk in noise.split(batch_size)])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -288,14 +203,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
 
 
 def ddim_render_differentiable(
-    dm,
-    xt: torch.Tensor,
-    delta: torch.Tensor,
-    steps: int = DEFAULT_STEPS,
-    t_edit: int = 0,
-    asymmetric: bool = False,
-    t_end: int | None = None,
-    checkpoint: bool = True,
+    dm, xt: torch.Tensor, delta: torch.Tensor, spec: SamplerSpec, *, checkpoint: bool = True
 ) -> torch.Tensor:
     """:func:`ddim_render` with autograd through the sampler, for gradients with respect to ``delta``.
 
@@ -305,12 +213,16 @@ def ddim_render_differentiable(
 
     Example
     -------
-    >>> delta = torch.zeros(1, *h_shape(dm), requires_grad=True)        # doctest: +SKIP
-    >>> ddim_render_differentiable(dm, xt, delta).sum().backward()      # doctest: +SKIP
+    >>> from diffex.models.diffusion import tiny_model
+    >>> dm = tiny_model()
+    >>> delta = torch.zeros(1, *h_shape(dm), requires_grad=True)
+    >>> ddim_render_differentiable(dm, torch.randn(2, 1, 8, 8), delta, SamplerSpec(steps=5)).sum().backward()
+    >>> delta.grad.shape == delta.shape
+    True
     """
     from torch.utils.checkpoint import checkpoint as ckpt
 
-    ts = ddim_timesteps(dm.num_train_timesteps, steps, t_end)
+    ts = spec.timesteps(dm.num_train_timesteps)
     x = xt.to(dm.device, torch.float32)
     delta = delta.to(dm.device, torch.float32)
 
@@ -318,7 +230,7 @@ def ddim_render_differentiable(
         with mid_block_offset(dm.unet, d):
             eps_edit = dm.eps(x_in, t)
         eps_dir = None
-        if asymmetric:
+        if spec.asymmetric and d is not None:
             with torch.no_grad():
                 eps_dir = dm.eps(x_in.detach(), t)
         return _ddim_step(x_in, eps_edit, a_t, a_prev, eps_dir)
@@ -327,11 +239,8 @@ def ddim_render_differentiable(
         for i in range(len(ts) - 1, -1, -1):
             t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
             a_t, a_prev = _alpha(dm, t), _alpha(dm, prev)
-            d = delta if t >= t_edit else None
-            if checkpoint:
-                x = ckpt(step, x, d, t, a_t, a_prev, use_reentrant=False)
-            else:
-                x = step(x, d, t, a_t, a_prev)
+            d = delta if t >= spec.t_edit else None
+            x = ckpt(step, x, d, t, a_t, a_prev, use_reentrant=False) if checkpoint else step(x, d, t, a_t, a_prev)
     return x
 
 
@@ -348,15 +257,7 @@ def edit_offsets(directions: torch.Tensor, strengths: torch.Tensor, scale: float
 
 @torch.no_grad()
 def render_edits(
-    dm,
-    xt: torch.Tensor,
-    offsets: torch.Tensor,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int = 32,
-    t_edit: int = 0,
-    asymmetric: bool = False,
-    t_end: int | None = None,
-    on_chunk=None,
+    dm, xt: torch.Tensor, offsets: torch.Tensor, spec: SamplerSpec, *, batch_size: int = 32, on_chunk=None
 ) -> torch.Tensor:
     """Render every image under every offset: (N, C, H, W) x (E, *h) -> (N, E, C, H, W).
 
@@ -372,7 +273,7 @@ def render_edits(
         sl = slice(start, min(start + batch_size, n * e))
         x = xt[pair_img[sl]]  # (b, C, H, W)
         d = offsets[pair_off[sl]]  # (b, *h)
-        out[sl] = ddim_render(dm, x, steps, None, d, t_edit, asymmetric, t_end).cpu()
+        out[sl] = ddim_render(dm, x, spec, delta=d).cpu()
         if on_chunk is not None:
             on_chunk(sl.stop - sl.start)
     return out.view(n, e, *xt.shape[1:])

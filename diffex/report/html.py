@@ -503,6 +503,9 @@ def methods_paragraph(results: dict, provenance: dict) -> str:
     >>> methods_paragraph(read_json(exp / "results.json"), read_json(exp / "provenance.json"))[:40]  # doctest: +SKIP
     'Counterfactual explanations of the class'
     """
+    from diffex.report.results import to_plain
+
+    results = to_plain(results)
     cfg = results.get("config") or provenance.get("config") or {}
     sw = provenance.get("software") or {}
     inv = results["inversion"]
@@ -609,14 +612,10 @@ def write_report(out: str | Path, results: dict | None = None) -> Path:
     >>> write_report("diffex-demo").name      # doctest: +SKIP
     'report.html'
     """
+    from diffex.report.results import read_results, to_plain
+
     out = Path(out)
-    if results is None:
-        res = out / "results.json"
-        if not res.exists():
-            raise DiffexError(f"{out}: no results.json; not a finished diffex experiment folder")
-        results = read_json(res)
-        if results.get("format") != "diffex-explain":
-            raise DiffexError(f"{res}: not a diffex explain result (format {results.get('format')!r})")
+    results = to_plain(results if results is not None else read_results(out / "results.json"))
     prov_path = out / "provenance.json"
     provenance = read_json(prov_path) if prov_path.exists() else {}
     cfg_path = out / "config.resolved.yaml"

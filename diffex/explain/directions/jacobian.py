@@ -12,7 +12,7 @@ from diffex.explain.directions.registry import (
     register,
     unit,
 )
-from diffex.models.sampler import frozen
+from diffex.models.hooks import frozen
 
 
 @register("jacobian")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from diffex.errors import DiffexError
-from diffex.models.sampler import mid_block_offset
+from diffex.models.hooks import mid_block_offset
 
 Generator = Callable[["DirectionContext", int], tuple[torch.Tensor, list[str]]]
 _REGISTRY: dict[str, Generator] = {}

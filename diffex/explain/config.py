@@ -1,0 +1,90 @@
+"""Settings of ``diffex explain``: one frozen dataclass, read from YAML (unknown keys are errors).
+
+Example
+-------
+>>> cfg = config_from_dict({"steps": 10, "mode": "symmetric"})
+>>> cfg.sampler
+SamplerSpec(steps=10, t_end=699, t_edit=0, mode='symmetric')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from diffex.config import from_dict
+from diffex.errors import DiffexError
+from diffex.explain.directions import get_method
+from diffex.models.diffusion import check_precision
+from diffex.models.sampler import MODES, SamplerSpec
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Settings of ``diffex explain`` (YAML keys; unknown keys are errors).
+
+    ``strength`` (the traversal's full strength) is relative to the mean ‖h‖ of the data. ``t_end`` is where inversion stops
+    (partial inversion: the shipped 32 px model round-trips at 29 dB with 20 steps to t = 699 and
+    at 19 dB to t = 999). Edits act on every step with t >= ``t_edit``. ``precision``: ``fp32``
+    (default) or ``bf16`` (diffusion-model evaluations under bfloat16 autocast: faster on GPUs and
+    on CPUs with AVX512-BF16/AMX; inversion and renders differ slightly from fp32, see
+    docs/benchmarks.md).
+    """
+
+    diffusion: str | None = None
+    steps: int = 20
+    t_end: int = 699
+    t_edit: int = 0
+    mode: str = "asymmetric"
+    methods: tuple[str, ...] = ("gradient", "pca")
+    directions_per_method: int = 4
+    merge_cos: float = 0.9
+    screen_top: int = 4
+    strength: float = 1.0
+    max_images: int = 256
+    gradient_images: int = 48
+    rank_images: int = 48
+    max_attributes: int = 3
+    traversal_frames: int = 7
+    traversal_images: int = 2
+    measure_images: int = 4
+    min_psnr: float = 25.0
+    batch_size: int = 32
+    seed: int = 0
+    bootstrap: int = 1000
+    contrastive_iterations: int = 30
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        try:
+            check_precision(self.precision)
+        except DiffexError as exc:
+            raise DiffexError(f"{exc}; bf16 runs the diffusion model under bfloat16 autocast") from None
+        if self.mode not in MODES:
+            raise DiffexError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for m in self.methods:
+            get_method(m)
+        if not self.methods:
+            raise DiffexError("methods: give at least one direction method")
+        if self.traversal_frames < 3 or self.traversal_frames % 2 == 0:
+            raise DiffexError(f"traversal_frames must be odd and >= 3, got {self.traversal_frames}")
+        for name in ("steps", "directions_per_method", "screen_top", "max_images", "gradient_images",
+                     "rank_images", "max_attributes", "batch_size", "traversal_images", "measure_images"):
+            if getattr(self, name) < 1:
+                raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.strength > 0:
+            raise DiffexError(f"strength must be > 0, got {self.strength}")
+
+    @property
+    def sampler(self) -> SamplerSpec:
+        """The sampler that inverts, reconstructs and renders edits."""
+        return SamplerSpec(steps=self.steps, t_end=self.t_end, t_edit=self.t_edit, mode=self.mode)
+
+    @property
+    def gradient_sampler(self) -> SamplerSpec:
+        """The sampler differentiated for classifier gradients (symmetric; see docs/explain.md)."""
+        return replace(self.sampler, mode="symmetric")
+
+
+def config_from_dict(d: dict) -> ExplainConfig:
+    """An :class:`ExplainConfig` from a plain mapping (a YAML file's); unknown keys are errors."""
+    return from_dict(ExplainConfig, d, "explain config")

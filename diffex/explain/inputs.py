@@ -1,0 +1,175 @@
+"""Opening an experiment: the two models, the images and the output folder, which every stage reads.
+
+:func:`open_experiment` checks everything that can be checked before computing (models that do
+not fit together, conditions the classifier does not know, channels that disagree, an output
+folder holding a finished or differently configured run) and returns an :class:`Experiment`.
+
+Example
+-------
+>>> exp = open_experiment("clf", "cells", "out", "dm", ExplainConfig())   # doctest: +SKIP
+>>> exp.labels.shape                                                       # doctest: +SKIP
+(200,)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffex.config import to_dict
+from diffex.data.dataset import (
+    Record,
+    discover,
+    load_images,
+    require_conditions,
+    stratified_indices,
+)
+from diffex.errors import DiffexError
+from diffex.explain.cache import digest, model_digest
+from diffex.explain.config import ExplainConfig
+from diffex.fsutil import atomic_file, sha256_file, write_json
+from diffex.models.bridge import ModelPair, check_models
+from diffex.models.classifier import load_classifier
+from diffex.models.diffusion import DiffusionModel
+from diffex.models.hooks import EvaluationCounter
+from diffex.runtime import resolve_device
+
+OUTPUTS = ("results.json", "attributes.csv", "morphology.csv", "report.html", "provenance.json", "traversals")
+
+
+@dataclass
+class Experiment:
+    """The inputs of one explain run, loaded and checked; ``evaluations`` counts UNet predictions per stage."""
+
+    cfg: ExplainConfig
+    out: Path
+    pair: ModelPair
+    device: torch.device
+    classifier_path: Path
+    diffusion_path: Path
+    images_source: Path
+    class_names: list[str]
+    conditions: list[str]
+    records: list[Record]
+    raw: np.ndarray  # (N, C, H, W) raw intensities at the diffusion model's size
+    labels: np.ndarray  # (N,) index of each image's condition in class_names
+    channel_names: list[str]
+    file_sha: list[str]  # SHA-256 of each image file
+    classifier_digest: str
+    diffusion_digest: str
+    command: str | None = None
+    evaluations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def inversion_keys(self) -> list[str]:
+        """Per image: digest of the file, the diffusion model and the inversion settings."""
+        cfg, info = self.cfg, self.pair.dm.info
+        parts = (self.diffusion_digest, cfg.steps, cfg.t_end, info.image_size, info.resize_mode)
+        parts += () if cfg.precision == "fp32" else (cfg.precision,)
+        return [digest(s, *parts) for s in self.file_sha]
+
+    @contextlib.contextmanager
+    def counted(self, stage: str):
+        """Count the UNet's noise predictions made inside the block under ``stage``."""
+        with EvaluationCounter(self.pair.dm.unet) as counter:
+            yield
+        self.evaluations[stage] = self.evaluations.get(stage, 0) + counter.predictions
+
+
+def sample_data_dir() -> Path:
+    """The repository's ``sample_data/`` folder (diffex installed from a checkout, as README says)."""
+    root = Path(__file__).resolve().parents[2] / "sample_data"
+    if not (root / "models" / "classifier").is_dir():
+        raise DiffexError(f"{root}: the sample data is not here; `diffex demo` needs diffex installed from a repository checkout")
+    return root
+
+
+def resolve_diffusion(diffusion, cfg: ExplainConfig, clf) -> Path:
+    """--diffusion, else the config's ``diffusion``, else the model recorded with the classifier."""
+    for cand in (diffusion, cfg.diffusion, (clf.info.training or {}).get("diffusion_model")):
+        if cand:
+            p = Path(cand)
+            if not p.is_absolute() and not p.exists() and clf.info.kind == "folder":
+                p = Path(clf.info.source) / p
+            return p
+    raise DiffexError(
+        f"{clf.info.source}: no diffusion model given and none recorded with the classifier; pass --diffusion DIR, "
+        "or train one on your images with `diffex train-diffusion --images DIR --out MODEL_DIR` (see docs/training.md)"
+    )
+
+
+def prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
+    """Refuse a finished experiment (without ``force``) or an unfinished one with other settings; write the config."""
+    resolved = out / "config.resolved.json"
+    if (out / "results.json").exists() and not force:
+        raise DiffexError(f"{out}: a finished experiment is here; pass --force to recompute it, or choose another --out")
+    if resolved.exists() and not force:
+        old = json.loads(resolved.read_text())
+        if old != cfg_dict:
+            diff = sorted(k for k in set(old) | set(cfg_dict) if old.get(k) != cfg_dict.get(k))
+            raise DiffexError(f"{out}: holds an unfinished run with other settings ({', '.join(diff)}); pass --force to start over "
+                              "or choose another --out")
+    if force:
+        for name in OUTPUTS:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in (out / "cache").glob("*.safetensors"):
+            p.unlink()
+        shutil.rmtree(out / "cache" / "traversals", ignore_errors=True)
+    (out / "cache" / "inversions").mkdir(parents=True, exist_ok=True)
+    write_json(resolved, cfg_dict)
+    import yaml
+
+    with atomic_file(out / "config.resolved.yaml") as fh:
+        yaml.safe_dump(cfg_dict, fh, sort_keys=False)
+
+
+def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[Record], list[str]]:
+    """The images' records (sorted by path, stratified down to ``max_images``) and their conditions."""
+    records = sorted(discover(images), key=lambda r: str(r.path))
+    conds = require_conditions(records, images)
+    missing = [c for c in conds if c not in class_names]
+    if missing:
+        raise DiffexError(f"{images}: conditions {missing} are not classes of the classifier {class_names}")
+    labels = np.array([class_names.index(r.condition) for r in records])
+    kept = stratified_indices(labels, cfg.max_images, cfg.seed)
+    return [records[i] for i in kept], conds
+
+
+def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, device: str = "auto", axes: str | None = None,
+                    trust_checkpoint: bool = False, force: bool = False, command: str | None = None,
+                    show_progress: bool = True) -> Experiment:
+    """Load and check the models and images, prepare the output folder (see module docstring)."""
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    clf = load_classifier(classifier, trust_checkpoint=trust_checkpoint, device=dev)
+    dm_path = resolve_diffusion(diffusion, cfg, clf)
+    dm = DiffusionModel.load(dm_path, device=dev, precision=cfg.precision)
+    check_models(clf, dm)  # before any computation
+    cfg = replace(cfg, diffusion=str(dm_path))
+    class_names = list(clf.info.class_names)
+    records, conds = _records(images, class_names, cfg)
+    out = Path(out) if out else Path(f"diffex-{Path(images).stem}")
+    prepare_out(out, to_dict(cfg), force)
+    imgs = load_images(records, dm.info.image_size, dm.info.resize_mode, axes=axes,
+                       expect_channels=dm.info.in_channels, show_progress=show_progress)
+    if dm.info.channel_names and not all(c.startswith("ch") for c in imgs.channel_names):
+        if tuple(imgs.channel_names) != tuple(dm.info.channel_names):
+            raise DiffexError(f"{images}: image channels {list(imgs.channel_names)} differ from the diffusion model's "
+                              f"{list(dm.info.channel_names)}")
+    return Experiment(
+        cfg=cfg, out=out, pair=ModelPair(clf, dm), device=dev, classifier_path=Path(classifier), diffusion_path=Path(dm_path),
+        images_source=Path(images), class_names=class_names, conditions=conds, records=records, raw=imgs.raw,
+        labels=imgs.labels(class_names), channel_names=list(dm.info.channel_names or imgs.channel_names),
+        file_sha=[sha256_file(r.path) for r in records], classifier_digest=model_digest(classifier),
+        diffusion_digest=model_digest(dm_path), command=command)

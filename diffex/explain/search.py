@@ -1,0 +1,131 @@
+"""Stages 2-5: classifier gradients, candidate directions, first-order screening, the effect table.
+
+Each stage's result is a file in ``OUT/cache/`` keyed by its inputs (:mod:`diffex.explain.cache`):
+the images it used (their inversion keys), the classifier, the settings it reads and the keys of
+the stages before it. Changing any of them recomputes the stage and everything after it.
+
+Example
+-------
+>>> grads = gradients_stage(exp, inv, progress)                  # doctest: +SKIP
+>>> cands = candidates_stage(exp, inv, grads, progress)         # doctest: +SKIP
+>>> shortlist = screen_stage(exp, inv, grads, cands)            # doctest: +SKIP
+>>> table = effect_table_stage(exp, inv, cands, shortlist, progress)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffex.config import to_dict
+from diffex.data.dataset import stratified_indices
+from diffex.explain.cache import StageKey, cached, digest
+from diffex.explain.directions import Candidates, DirectionContext, generate
+from diffex.explain.inputs import Experiment
+from diffex.explain.invert import Inversions
+from diffex.explain.sensitivity import classifier_gradients, screen
+from diffex.models import sampler
+
+
+@dataclass
+class Gradients:
+    key: StageKey
+    images: np.ndarray  # indices of the images the gradients were taken on
+    grads: torch.Tensor  # (M, *h) ∂ log p(target) / ∂Δh per image
+
+
+@dataclass
+class Shortlist:
+    key: StageKey
+    order: np.ndarray  # (K',) candidate indices to render, best first
+    scores: np.ndarray  # (K,) every candidate's first-order score
+
+
+@dataclass
+class EffectTable:
+    key: StageKey
+    images: np.ndarray  # (n,) indices of the ranking images
+    probs_edit: np.ndarray  # (n, K', 2, classes) classifier on every image x shortlisted candidate x sign
+
+
+def _images_digest(exp: Experiment, idx: np.ndarray) -> str:
+    keys = exp.inversion_keys
+    return digest(*(keys[i] for i in idx))
+
+
+def gradients_stage(exp: Experiment, inv: Inversions, progress) -> Gradients:
+    """Per-image classifier gradients on ``gradient_images`` usable images (stratified, seeded)."""
+    cfg = exp.cfg
+    idx = stratified_indices(exp.labels, cfg.gradient_images, cfg.seed + 1, inv.usable)
+    spec = cfg.gradient_sampler
+    key = StageKey("gradients", {"images": _images_digest(exp, idx), "classifier": exp.classifier_digest,
+                                 "targets": digest(*inv.targets[idx]), "sampler": digest(spec), "precision": cfg.precision})
+
+    def compute():
+        task = progress.add_task("classifier gradients", total=len(idx))
+        with exp.counted("gradients"):
+            g = classifier_gradients(exp.pair, inv.xt[idx], torch.as_tensor(inv.targets[idx]), spec,
+                                     batch_size=min(16, cfg.batch_size), on_chunk=lambda k: progress.advance(task, k))
+        return {"grads": g}, {"images": idx.tolist()}
+
+    tensors, _ = cached(exp.cache, key, compute)
+    return Gradients(key, idx, tensors["grads"])
+
+
+def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progress) -> tuple[StageKey, Candidates]:
+    """Candidate directions from the configured methods, near-parallel ones merged."""
+    cfg = exp.cfg
+    ts = cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps)
+    edit_ts = ts[ts >= cfg.t_edit]
+    settings = {k: to_dict(cfg)[k] for k in ("methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations")}
+    key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.usable),
+                                  "settings": digest(settings), "edit_timesteps": digest(*edit_ts)})
+
+    def compute():
+        task = progress.add_task("candidate directions", total=1)
+        ctx = DirectionContext(exp.pair, inv.xrec[inv.usable], inv.h[inv.usable], grads.grads, inv.targets[grads.images],
+                               exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations)
+        with exp.counted("directions"):
+            cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
+        progress.advance(task)
+        return {"vectors": cands.vectors}, {"names": cands.names, "merged": cands.merged}
+
+    tensors, meta = cached(exp.cache, key, compute)
+    return key, Candidates(tensors["vectors"], meta["names"], meta["merged"])
+
+
+def screen_stage(exp: Experiment, inv: Inversions, grads: Gradients, cands_key: StageKey, cands: Candidates) -> Shortlist:
+    """The ``screen_top`` candidates with the largest first-order effect (dot products; no rendering)."""
+    top = min(exp.cfg.screen_top, len(cands.names))
+    key = StageKey("screen", {"gradients": grads.key.digest, "directions": cands_key.digest, "top": str(top)})
+
+    def compute():
+        order, scores = screen(grads.grads, inv.targets[grads.images], cands.vectors, top)
+        return {"order": torch.as_tensor(order), "scores": torch.as_tensor(scores)}, {}
+
+    tensors, _ = cached(exp.cache, key, compute)
+    return Shortlist(key, tensors["order"].numpy(), tensors["scores"].numpy())
+
+
+def effect_table_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, progress) -> EffectTable:
+    """Render ``rank_images`` images x shortlisted candidates x both signs once; classify the renders."""
+    cfg = exp.cfg
+    idx = stratified_indices(exp.labels, cfg.rank_images, cfg.seed + 2, inv.usable)
+    key = StageKey("effects", {"images": _images_digest(exp, idx), "screen": shortlist.key.digest, "classifier": exp.classifier_digest,
+                               "strength": repr(cfg.strength), "h_scale": repr(inv.h_scale), "sampler": digest(cfg.sampler),
+                               "batch_size": str(cfg.batch_size), "precision": cfg.precision})
+
+    def compute():
+        offsets = sampler.edit_offsets(cands.vectors[shortlist.order], torch.tensor([-cfg.strength, cfg.strength]), inv.h_scale)
+        offsets = offsets.flatten(0, 1)  # (K'*2, *h): candidate-major, sign minor
+        task = progress.add_task("rendering edits", total=len(idx) * len(offsets))
+        with exp.counted("effect_table"):
+            x_edit = sampler.render_edits(exp.pair.dm, inv.xt[idx], offsets, cfg.sampler, batch_size=cfg.batch_size,
+                                          on_chunk=lambda k: progress.advance(task, k))
+        pe = exp.pair.probs(x_edit.flatten(0, 1).to(exp.device)).reshape(len(idx), len(shortlist.order), 2, -1)
+        return {"probs_edit": pe}, {"images": idx.tolist()}
+
+    tensors, _ = cached(exp.cache, key, compute)
+    return EffectTable(key, idx, tensors["probs_edit"].numpy())

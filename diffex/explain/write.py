@@ -1,0 +1,122 @@
+"""Stage 9, write: ``results.json``, ``attributes.csv``, ``morphology.csv``, ``provenance.json`` and the report.
+
+``results.json`` is written last, through the typed schema (:mod:`diffex.report.results`): its
+presence marks a finished experiment.
+
+Example
+-------
+>>> write_stage(exp, results, morphology_rows)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+from diffex.config import to_dict
+from diffex.data.dataset import relative_path
+from diffex.explain.describe import display_range
+from diffex.explain.directions import Candidates
+from diffex.explain.inputs import Experiment
+from diffex.explain.invert import Inversions
+from diffex.explain.search import EffectTable, Gradients, Shortlist
+from diffex.fsutil import atomic_file, sha256_file, write_json
+from diffex.report.html import write_report
+from diffex.report.results import (
+    Attribute,
+    CandidateSummary,
+    DiffusionSummary,
+    FlaggedImage,
+    InversionSummary,
+    Results,
+    write_results,
+)
+from diffex.runtime import describe_device, software_versions
+
+ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "mean_delta_p", "delta_p_ci95_low", "delta_p_ci95_high",
+                     "flip_rate", "coverage", "cumulative_flip_rate", "separation_auc", "separation_cohens_d",
+                     "separation_p_value", "screening_score", "n_images", "description")
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Counts (k, k): rows are true classes, columns predicted ones."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (y, pred), 1)
+    return m
+
+
+def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Candidates, shortlist: Shortlist, table: EffectTable,
+                  attributes: list[Attribute], t_start: float) -> Results:
+    """The experiment's results in the typed schema."""
+    cfg, dm, labels = exp.cfg, exp.pair.dm, exp.labels
+    low, high = display_range(exp)
+    psnr = inv.psnr
+    flagged = [FlaggedImage(relative_path(exp.records[i].path, exp.images_source), float(psnr[i])) for i in np.flatnonzero(psnr < cfg.min_psnr)]
+    training = dm.info.training or {}
+    return Results(
+        classifier=str(exp.classifier_path), diffusion=str(exp.diffusion_path), images=str(exp.images_source),
+        class_names=exp.class_names, conditions=exp.conditions, channel_names=exp.channel_names, n_images=len(exp.records),
+        per_condition={c: int((labels == exp.class_names.index(c)).sum()) for c in exp.conditions},
+        classifier_accuracy=float((inv.probs_orig.argmax(1) == labels).mean()),
+        classifier_accuracy_on_reconstructions=float((inv.probs_rec.argmax(1) == labels).mean()),
+        confusion_matrix=confusion(labels, inv.probs_orig.argmax(1), len(exp.class_names)).tolist(),
+        inversion=InversionSummary(cfg.steps, cfg.t_end, float(psnr.mean()), float(psnr.min()), float(np.median(psnr)), cfg.min_psnr, flagged),
+        diffusion_model=DiffusionSummary(dm.info.image_size, int(sum(p.numel() for p in dm.unet.parameters())),
+                                         (training.get("config") or {}).get("steps"), training.get("n_train")),
+        config=to_dict(cfg), display_ranges={c: [float(low[j]), float(high[j])] for j, c in enumerate(exp.channel_names)},
+        h_shape=list(inv.h.shape[2:]), h_scale=inv.h_scale,
+        candidates=[CandidateSummary(i, n, float(shortlist.scores[i]), bool(i in shortlist.order), cands.merged.get(n, []))
+                    for i, n in enumerate(cands.names)],
+        gradient_images=len(grads.images), rank_images=len(table.images), attributes=attributes,
+        quality_gate_passed=bool((dm.info.quality_gate or {}).get("passed", False)), elapsed_s=round(time.time() - t_start, 1),
+        unet_image_evaluations_this_run=dict(exp.evaluations))
+
+
+def write_attributes_csv(path: Path, attributes: list[Attribute]) -> None:
+    """One row per attribute (ATTRIBUTE_COLUMNS); floats with 6 significant digits."""
+    with atomic_file(path) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(ATTRIBUTE_COLUMNS)
+        for a in attributes:
+            row = {**vars(a), "delta_p_ci95_low": a.delta_p_ci95[0], "delta_p_ci95_high": a.delta_p_ci95[1]}
+            w.writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in ATTRIBUTE_COLUMNS])
+
+
+def write_morphology_csv(path: Path, rows: list[dict]) -> None:
+    """One row per traversal render: attribute, image, condition, strength, p(target), measurements."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    with atomic_file(path) as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def provenance(exp: Experiment) -> dict:
+    """Command, software, device, seed, settings, and the SHA-256 of both models' files and every image."""
+    def sums(path: Path) -> dict[str, str]:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return {p.relative_to(path).as_posix() if path.is_dir() else p.name: sha256_file(p) for p in files}
+
+    cfg_dict = to_dict(exp.cfg)
+    return {
+        "command": exp.command, "software": software_versions(), "device": describe_device(exp.device), "seed": cfg_dict["seed"],
+        "config": cfg_dict, "classifier": {"path": str(exp.classifier_path), "sha256": sums(exp.classifier_path)},
+        "diffusion": {"path": str(exp.diffusion_path), "sha256": sums(exp.diffusion_path)},
+        "images": [{"path": relative_path(r.path, exp.images_source), "condition": r.condition, "sha256": s}
+                   for r, s in zip(exp.records, exp.file_sha)],
+    }
+
+
+def write_stage(exp: Experiment, results: Results, morphology_rows: list[dict]) -> None:
+    """Write every output file of the experiment folder; results.json last."""
+    write_morphology_csv(exp.out / "morphology.csv", morphology_rows)
+    write_attributes_csv(exp.out / "attributes.csv", results.attributes)
+    write_json(exp.out / "provenance.json", provenance(exp))
+    write_report(exp.out, results)
+    write_results(exp.out / "results.json", results)  # last: its presence marks a finished experiment

@@ -1,0 +1,211 @@
+"""The typed schema of an experiment's ``results.json``: written by explain, read by the report and benchmarks.
+
+Every reader and writer goes through :func:`read_results` and :func:`write_results`, so a field
+has one name and one meaning everywhere. Unknown keys, missing keys and another ``format`` are
+errors that name the file.
+
+Example
+-------
+>>> t = Trend(spearman_r=0.9, change_at_max=0.2, change_at_min=-0.1)
+>>> from_plain(Trend, to_plain(t)) == t
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diffex.errors import DiffexError
+from diffex.fsutil import read_json, write_json
+
+FORMAT = "diffex-explain"
+FORMAT_VERSION = 2
+T = TypeVar("T")
+
+
+@dataclass
+class Trend:
+    """How one measurement moves along an attribute's traversals (see :func:`diffex.report.morphology.trend`)."""
+
+    spearman_r: float
+    change_at_max: float
+    change_at_min: float
+
+
+@dataclass
+class ShownExample:
+    """One example image whose traversal is shown in the report (and saved as a hyperstack)."""
+
+    index: int  # row in Traversal.p_target
+    image: str  # path relative to the image folder or manifest
+    condition: str
+    file: str  # hyperstack file name in traversals/
+
+
+@dataclass
+class Traversal:
+    """Renders of an attribute at several strengths, for the images that were measured."""
+
+    strengths: list[float]  # relative strengths (units of Attribute.strength_unit), ascending
+    images: list[str]
+    conditions: list[str]
+    p_target: list[list[float]]  # (images, strengths) classifier probability of the target
+    shown: list[ShownExample]
+
+
+@dataclass
+class Attribute:
+    """One selected attribute: a direction and sign in h-space, with its statistics and traversal."""
+
+    id: str
+    target: str  # the condition images are moved towards
+    rank: int
+    name: str  # candidate direction's name, e.g. 'gradient:sv1'
+    candidate: int  # index into Results.candidates
+    shortlist_index: int  # index into the screened shortlist (the effect table's direction axis)
+    sign: int  # +1 or -1
+    strength: float  # full traversal strength, in units of mean ‖h‖
+    merged: list[str]
+    screening_score: float
+    n_images: int  # images of the other condition(s) the effect statistics are over
+    mean_delta_p: float
+    mean_delta_p_when_selected: float  # over the images not yet explained when AttFind picked it
+    mean_abs_delta_p: float
+    delta_p_ci95: list[float]
+    flip_rate: float
+    coverage: float
+    cumulative_flip_rate: float
+    separation_auc: float
+    separation_cohens_d: float
+    separation_p_value: float
+    description: str = ""
+    morphology: dict[str, Trend] = field(default_factory=dict)
+    traversal: Traversal | None = None
+    coordinate: dict[str, list[float]] = field(default_factory=dict)  # per condition, units of mean ‖h‖
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlaggedImage:
+    image: str
+    psnr_db: float
+
+
+@dataclass
+class InversionSummary:
+    steps: int
+    t_end: int
+    psnr_db_mean: float
+    psnr_db_min: float
+    psnr_db_median: float
+    min_psnr_db: float
+    flagged: list[FlaggedImage]
+
+
+@dataclass
+class DiffusionSummary:
+    image_size: int
+    parameters: int
+    training_steps: int | None
+    training_images: int | None
+
+
+@dataclass
+class CandidateSummary:
+    index: int
+    name: str
+    screening_score: float
+    rendered: bool
+    merged: list[str]
+
+
+@dataclass
+class Results:
+    """Everything ``diffex explain`` found, as stored in ``results.json``."""
+
+    classifier: str
+    diffusion: str
+    images: str
+    class_names: list[str]
+    conditions: list[str]
+    channel_names: list[str]
+    n_images: int
+    per_condition: dict[str, int]
+    classifier_accuracy: float
+    classifier_accuracy_on_reconstructions: float
+    confusion_matrix: list[list[int]]
+    inversion: InversionSummary
+    diffusion_model: DiffusionSummary
+    config: dict[str, Any]
+    display_ranges: dict[str, list[float]]
+    h_shape: list[int]
+    h_scale: float
+    candidates: list[CandidateSummary]
+    gradient_images: int
+    rank_images: int
+    attributes: list[Attribute]
+    quality_gate_passed: bool
+    elapsed_s: float
+    unet_image_evaluations_this_run: dict[str, int]  # noise predictions per stage; 0 for stages served from the cache
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+
+# ------------------------------------------------------------------------------- conversion
+def to_plain(obj) -> Any:
+    """Dataclasses to dicts (field order kept), recursively; other values as they are."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def from_plain(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from plain JSON data; unknown or missing keys raise DiffexError naming ``where``."""
+    return _convert(cls, data, where or cls.__name__)
+
+
+def _convert(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise DiffexError(f"{where}: expected a mapping for {hint.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(hint)
+        names = {f.name for f in dataclasses.fields(hint)}
+        required = {f.name for f in dataclasses.fields(hint)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        unknown, missing = sorted(set(value) - names), sorted(required - set(value))
+        if unknown or missing:
+            raise DiffexError(f"{where}: {hint.__name__} has unknown key(s) {unknown} and missing key(s) {missing}")
+        return hint(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is list:
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()} if args else dict(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------ files
+def write_results(path: str | Path, results: Results) -> None:
+    """Write ``results.json`` atomically."""
+    write_json(path, to_plain(results))
+
+
+def read_results(path: str | Path) -> Results:
+    """Read ``results.json``; another format or an older version is an error naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffexError(f"{path.parent}: no results.json; not a finished diffex experiment folder")
+    data = read_json(path)
+    if data.get("format") != FORMAT:
+        raise DiffexError(f"{path}: not a diffex explain result (format {data.get('format')!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise DiffexError(f"{path}: results format version {data.get('format_version')}, this diffex reads version "
+                          f"{FORMAT_VERSION}; re-run `diffex explain ... --force` to remake the experiment")
+    return from_plain(Results, data, str(path))
