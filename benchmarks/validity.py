@@ -118,7 +118,7 @@ def _real_measurements(images: Path, size: int, channel_names: list[str]) -> tup
 def _proximity(exp: Path, att: dict, ranges: dict) -> tuple[list[float], list[float]]:
     from skimage.metrics import structural_similarity
 
-    from diffex.report.html import read_hyperstack
+    from diffex.report.folder import read_hyperstack
 
     chans = list(ranges)
     span = np.array([ranges[c][1] - ranges[c][0] for c in chans], float)
@@ -135,7 +135,7 @@ def _proximity(exp: Path, att: dict, ranges: dict) -> tuple[list[float], list[fl
 
 def score(exp: Path, images: Path, factors: Path, differs: tuple[str, ...]) -> dict:
     """Score one finished experiment folder against the ground truth of its images."""
-    from diffex.report.html import read_morphology
+    from diffex.report.folder import read_morphology
 
     res = json.loads((exp / "results.json").read_text())
     atts = res["attributes"]

@@ -19,7 +19,6 @@ PosixPath('diffex-demo/report.html')
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import logging
 import math
@@ -30,6 +29,7 @@ import numpy as np
 
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, read_json
+from diffex.report.folder import read_hyperstack, read_morphology
 from diffex.report.morphology import measurement_label, salient
 from diffex.report.traversal import BRIGHTER, DARKER, PALETTE, composite, difference_map
 
@@ -76,21 +76,6 @@ def grey(channel: np.ndarray, low: float, high: float) -> np.ndarray:
     [[0, 127, 255]]
     """
     return (np.clip((channel - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-
-
-def read_hyperstack(path: Path, n_channels: int) -> np.ndarray:
-    """(F, C, H, W) float32 from a traversal hyperstack written by :func:`diffex.report.traversal.write_hyperstack`."""
-    import tifffile
-
-    try:
-        arr = np.asarray(tifffile.imread(path), dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is the same problem for the user
-        raise DiffexError(f"{path}: cannot read the traversal ({exc})") from exc
-    if arr.ndim == 3 and n_channels == 1:
-        arr = arr[:, None]
-    if arr.ndim != 4 or arr.shape[1] != n_channels:
-        raise DiffexError(f"{path}: expected frames x {n_channels} channels x height x width, found shape {arr.shape}")
-    return arr
 
 
 # ------------------------------------------------------------------------------------- plots
@@ -207,23 +192,6 @@ def histogram_plot(groups: dict[str, list[float]], xlabel: str, span: float | No
 
 
 # ------------------------------------------------------------------------------ data helpers
-def read_morphology(path: Path) -> list[dict]:
-    """Rows of ``morphology.csv`` (numbers as floats); [] when the file is absent."""
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            out = {}
-            for k, v in r.items():
-                try:
-                    out[k] = float(v)
-                except (TypeError, ValueError):
-                    out[k] = v
-            rows.append(out)
-    return rows
-
-
 def morphology_curves(rows: list[dict], columns: list[str], strengths: list[float], image_size: int) -> list[tuple[str, list[float]]]:
     """Median over images of each column's relative change from the strength-0 render, per strength.
 

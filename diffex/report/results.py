@@ -45,46 +45,56 @@ class ShownExample:
     image: str  # path relative to the image folder or manifest
     condition: str
     file: str  # hyperstack file name in traversals/
+    role: str  # "random sample" (one of the measured images) or "most affected" (largest |Δp|; not measured)
 
 
 @dataclass
 class Traversal:
-    """Renders of an attribute at several strengths, for the images that were measured."""
+    """Renders of an attribute at several strengths, for the images that were rendered."""
 
-    strengths: list[float]  # relative strengths (units of Attribute.strength_unit), ascending
+    strengths: list[float]  # relative strengths (units of mean ‖h‖), ascending
     images: list[str]
     conditions: list[str]
+    measured: list[bool]  # per image: part of the seeded random sample the trends are computed on
     p_target: list[list[float]]  # (images, strengths) classifier probability of the target
     shown: list[ShownExample]
 
 
 @dataclass
 class Attribute:
-    """One selected attribute: a direction and sign in h-space, with its statistics and traversal."""
+    """One selected attribute: a direction and sign in h-space, with its statistics and traversal.
+
+    Selection (AttFind) ran on the selection images; every statistic below is computed on the
+    evaluation images, which were used neither for the directions nor for the selection.
+    """
 
     id: str
     target: str  # the condition images are moved towards
     rank: int
     name: str  # candidate direction's name, e.g. 'gradient:sv1'
     candidate: int  # index into Results.candidates
-    shortlist_index: int  # index into the screened shortlist (the effect table's direction axis)
     sign: int  # +1 or -1
     strength: float  # full traversal strength, in units of mean ‖h‖
     merged: list[str]
     screening_score: float
-    n_images: int  # images of the other condition(s) the effect statistics are over
+    selection_mean_delta_p: float  # on the selection images not yet explained when AttFind picked it
+    selection_lower_bound: float  # its one-sided 95 % bootstrap lower bound (the stopping rule's figure)
+    n_images: int  # evaluation images of the other condition(s), moved towards the target: Δp is over these
+    n_eligible: int  # of those, not already classified as the target: flip rates are over these
+    baseline_at_target: float  # share of the n_images already classified as the target before the edit
     mean_delta_p: float
-    mean_delta_p_when_selected: float  # over the images not yet explained when AttFind picked it
     mean_abs_delta_p: float
     delta_p_ci95: list[float]
-    flip_rate: float
-    coverage: float
-    cumulative_flip_rate: float
-    separation_auc: float
+    flip_rate: float  # flipped / n_eligible
+    coverage: float  # flipped by this attribute and by no higher-ranked one / n_eligible
+    cumulative_flip_rate: float  # flipped by this or a higher-ranked attribute / n_eligible
+    separation_auc: float  # on the evaluation images of all conditions
     separation_cohens_d: float
-    separation_p_value: float
+    separation_p_value: float  # two-sided Mann-Whitney U
+    separation_p_adjusted: float  # Holm-adjusted over every reported attribute
+    separation_n: dict[str, int]  # evaluation images per condition behind the separation
     description: str = ""
-    morphology: dict[str, Trend] = field(default_factory=dict)
+    morphology: dict[str, Trend] = field(default_factory=dict)  # on the measured (random) images only
     traversal: Traversal | None = None
     coordinate: dict[str, list[float]] = field(default_factory=dict)  # per condition, units of mean ‖h‖
     files: list[str] = field(default_factory=list)
@@ -125,6 +135,24 @@ class CandidateSummary:
 
 
 @dataclass
+class Statistics:
+    """How the statistics were made: the image sets, the resampling unit, the corrections, the rules."""
+
+    n_images_available: int  # images found before subsampling
+    selection_images: int  # usable images the directions and the selection were made on
+    evaluation_images: int  # usable images every reported statistic is computed on
+    gradient_images: int  # of the selection images: classifier gradients
+    rank_images: int  # of the selection images: the effect table AttFind selects from
+    split: str  # how selection and evaluation images were separated
+    bootstrap_unit: str  # "image", or the manifest column whose values are resampled ("replicate", ...)
+    bootstrap_units: dict[str, int]  # per condition: distinct units among the evaluation images
+    bootstrap_resamples: int
+    p_adjust: str  # multiple-comparison correction of the separation p-values
+    selection_rule: str  # when AttFind stops
+    subsampling: list[str]  # plain-language notes on every subsampling that happened
+
+
+@dataclass
 class Results:
     """Everything ``diffex explain`` found, as stored in ``results.json``."""
 
@@ -146,8 +174,7 @@ class Results:
     h_shape: list[int]
     h_scale: float
     candidates: list[CandidateSummary]
-    gradient_images: int
-    rank_images: int
+    statistics: Statistics
     attributes: list[Attribute]
     quality_gate_passed: bool
     elapsed_s: float
