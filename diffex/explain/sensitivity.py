@@ -31,12 +31,13 @@ def classifier_gradients(
     """
     dm = pair.dm
     hs = h_shape(dm)
+    dtype = next(dm.unet.parameters()).dtype  # float32, or float64 in gradient checks
     out = []
     with frozen(dm.unet, pair.clf.module):
         for start in range(0, xt.shape[0], batch_size):
             x = xt[start : start + batch_size].to(dm.device)  # (b, C, H, W)
             tgt = targets[start : start + batch_size].to(dm.device)  # (b,)
-            delta = torch.zeros((x.shape[0], *hs), device=dm.device, requires_grad=True)  # (b, *h)
+            delta = torch.zeros((x.shape[0], *hs), device=dm.device, dtype=dtype, requires_grad=True)  # (b, *h)
             x0 = ddim_render_differentiable(dm, x, delta, spec)
             logp = pair.log_probs(x0).gather(1, tgt[:, None].to(x0.device))  # (b, 1)
             (grad,) = torch.autograd.grad(logp.sum(), delta)

@@ -48,7 +48,9 @@ class ModelPair:
         return self.clf(self.clf.normalize(raw.to(self.clf.device)))
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.logits(x).float(), dim=1)
+        """Log class probabilities (B, K), at least float32 (float64 stays float64)."""
+        logits = self.logits(x)
+        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

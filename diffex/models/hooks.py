@@ -142,7 +142,8 @@ class EvaluationCounter:
 def h_shape(dm) -> tuple[int, ...]:
     """Shape of one image's h (e.g. (128, 4, 4)), found by a dry forward pass."""
     store: list = []
-    x = torch.zeros(1, dm.info.in_channels, dm.info.image_size, dm.info.image_size, device=dm.device)
+    dtype = next(dm.unet.parameters()).dtype
+    x = torch.zeros(1, dm.info.in_channels, dm.info.image_size, dm.info.image_size, device=dm.device, dtype=dtype)
     with torch.no_grad(), record_h(dm.unet, store):
         dm.eps(x, 0)
     return tuple(store[0].shape[1:])

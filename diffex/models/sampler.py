@@ -88,6 +88,11 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, t_end: int | None = Non
     return np.round(np.arange(t_end + 1, 0, -(t_end + 1) / steps))[::-1].astype(np.int64) - 1
 
 
+def _dtype(dm) -> torch.dtype:
+    """Floating dtype the sampler runs in: the UNet's (float32 unless the weights were cast, e.g. float64 in tests)."""
+    return next(dm.unet.parameters()).dtype
+
+
 def _alpha(dm, t: int) -> float:
     """Cumulative alpha at t; t = -1 means the clean image (alpha = 1)."""
     return 1.0 if t < 0 else float(dm.alphas_cumprod[t])
@@ -115,7 +120,7 @@ def _eps_batched(dm, x: torch.Tensor, t: int, batch_size: int | None) -> torch.T
 def ddim_invert(dm, x0: torch.Tensor, spec: SamplerSpec, *, batch_size: int | None = None) -> torch.Tensor:
     """Map clean images x0 (B, C, H, W) in model space to x at ``spec.t_end`` by deterministic DDIM inversion."""
     ts = spec.timesteps(dm.num_train_timesteps)
-    x = x0.to(dm.device, torch.float32)
+    x = x0.to(dm.device, _dtype(dm))
     prev = -1
     for t in ts:
         eps = _eps_batched(dm, x, int(t), batch_size)
@@ -147,9 +152,9 @@ def ddim_render(
         h-space offset, (B, *h_shape) or broadcastable, added for every step with t >= ``spec.t_edit``.
     """
     ts = spec.timesteps(dm.num_train_timesteps)
-    x = xt.to(dm.device, torch.float32)
+    x = xt.to(dm.device, _dtype(dm))
     if delta is not None:
-        delta = delta.to(dm.device, torch.float32)
+        delta = delta.to(dm.device, x.dtype)
         if batch_size is not None and delta.dim() > 0 and delta.shape[0] == x.shape[0] and x.shape[0] > batch_size:
             # Chunked rendering with per-image offsets: recurse per chunk so offsets stay aligned.
             return torch.cat([ddim_render(dm, xc, spec, delta=dc, fork=fork)
@@ -169,6 +174,15 @@ def ddim_render(
             eps_dir = _eps_batched(dm, x, t, batch_size) if spec.asymmetric else None
         x = _ddim_step(x, eps_edit, a_t, a_prev, eps_dir)
     return x
+
+
+def _eps_pair(dm, x: torch.Tensor, t: int, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edited, unedited) noise predictions for x (B, C, H, W); one down path when the UNet allows the fork."""
+    if can_fork(dm.unet):
+        return _eps_forked(dm, x, t, None, delta)
+    with mid_block_offset(dm.unet, delta):
+        eps_edit = dm.eps(x, t)
+    return eps_edit, dm.eps(x, t)
 
 
 def _eps_forked(dm, x: torch.Tensor, t: int, batch_size: int | None, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +223,9 @@ def ddim_render_differentiable(
 
     Each DDIM step is checkpointed (``torch.utils.checkpoint``): memory holds one x per step
     instead of every UNet activation of every step, at the price of a second forward pass per step
-    during backward (about 3 UNet passes per step in all).
+    during backward (about 3 UNet passes per step in all). In ``asymmetric`` mode both predictions
+    of an edited step, the edited and the unedited one, are differentiated: the unedited one
+    depends on Δh through x_t, which the earlier edited steps produced.
 
     Example
     -------
@@ -223,16 +239,16 @@ def ddim_render_differentiable(
     from torch.utils.checkpoint import checkpoint as ckpt
 
     ts = spec.timesteps(dm.num_train_timesteps)
-    x = xt.to(dm.device, torch.float32)
-    delta = delta.to(dm.device, torch.float32)
+    x = xt.to(dm.device, _dtype(dm))
+    delta = delta.to(dm.device, x.dtype)
 
     def step(x_in, d, t, a_t, a_prev):
-        with mid_block_offset(dm.unet, d):
-            eps_edit = dm.eps(x_in, t)
-        eps_dir = None
-        if spec.asymmetric and d is not None:
-            with torch.no_grad():
-                eps_dir = dm.eps(x_in.detach(), t)
+        if d is None or not spec.asymmetric:
+            with mid_block_offset(dm.unet, d):
+                return _ddim_step(x_in, dm.eps(x_in, t), a_t, a_prev)
+        # Asyrp: the unedited prediction of the direction term still depends on Δh through x_in,
+        # which earlier edited steps produced; it is differentiated like the edited one.
+        eps_edit, eps_dir = _eps_pair(dm, x_in, t, d)
         return _ddim_step(x_in, eps_edit, a_t, a_prev, eps_dir)
 
     with torch.enable_grad():
