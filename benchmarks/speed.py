@@ -119,8 +119,8 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
         offsets = engine.edit_offsets(vectors[order], torch.tensor([-cfg.strength, cfg.strength]), h_scale).flatten(0, 1)
         x_edit = engine.render_edits(dm, xt[ridx], offsets, cfg.sampler, batch_size=cfg.batch_size)
         p_edit = pair.probs(x_edit.flatten(0, 1)).numpy().reshape(len(ridx), len(order), 2, -1)  # (n', K', 2, classes)
-        effect, flipped = effect_table(p_edit, p_rec[ridx], targets[ridx])
-        sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m)]
+        effect, flipped, eligible = effect_table(p_edit, p_rec[ridx], targets[ridx])
+        sel_b = [(int(order[s.direction]), s.sign) for s in attfind(effect, flipped, m, eligible=eligible, confidence=None)]
     wall_b, cpu_b = time.perf_counter() - t0, time.process_time() - c0
     out["diffex"] = {"unet_image_evaluations": ev_b.predictions, "unet_down_paths": ev_b.down_paths, "wall_s": wall_b, "cpu_s": cpu_b, "peak_mb": _peak_mb(dev), "selection": sel_b,
                      "candidates": len(vectors), "rendered": len(order), "shortlist": [int(i) for i in order]}

@@ -20,7 +20,7 @@ from diffex.models.bridge import ModelPair
 TINY = ExplainConfig(
     steps=3, t_end=999, max_images=16, gradient_images=6, rank_images=8, directions_per_method=2, screen_top=2,
     max_attributes=2, traversal_frames=3, traversal_images=1, measure_images=2, bootstrap=50, min_psnr=-100.0,
-    batch_size=8, contrastive_iterations=2,
+    batch_size=8, contrastive_iterations=2, selection_confidence=0.5,  # tiny untrained models: keep picks coming
 )
 
 

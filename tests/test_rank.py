@@ -1,21 +1,23 @@
-"""AttFind and the attribute statistics, including adversarial effect tables."""
+"""AttFind, its stopping rule, and the attribute statistics, including adversarial effect tables."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from diffex.explain.rank import attfind, attribute_statistics, bootstrap_ci, separation
+from diffex.explain.effects import effect_table
+from diffex.explain.rank import attfind, attribute_statistics, bootstrap_ci, holm, lower_bound, separation
 
 
 def test_picks_largest_mean_effect_then_the_rest():
-    eff = np.zeros((4, 3, 2))
-    eff[:, 0, 1] = [0.9, 0.9, 0.0, 0.0]  # explains images 0, 1
-    eff[:, 1, 0] = [0.0, 0.0, 0.6, 0.6]  # explains images 2, 3
+    eff = np.zeros((40, 3, 2))
+    eff[:20, 0, 1] = 0.9  # explains images 0-19
+    eff[20:, 1, 0] = 0.6  # explains images 20-39
     eff[:, 2, 1] = 0.1
     sel = attfind(eff, eff > 0.5, 5)
-    # direction 0 (+): mean 0.45 over all four beats 0.3; then direction 1 (-) on the two left
-    assert [(s.direction, s.sign, s.newly_explained) for s in sel] == [(0, 1, 2), (1, -1, 2)]
+    # direction 0 (+): mean 0.45 over all 40 beats 0.3; then direction 1 (-) on the 20 left; then direction 2 has
+    # nothing left to explain
+    assert [(s.direction, s.sign, s.newly_explained) for s in sel] == [(0, 1, 20), (1, -1, 20)]
 
 
 @pytest.mark.parametrize(
@@ -32,7 +34,7 @@ def test_picks_largest_mean_effect_then_the_rest():
 def test_always_terminates(eff):
     sel = attfind(eff, np.zeros_like(eff, dtype=bool), 10)
     assert len(sel) <= eff.shape[1]
-    assert all(s.mean_effect_on_remaining > 0 for s in sel)
+    assert all(s.mean_effect_on_remaining > 0 and s.lower_bound > 0 for s in sel)
 
 
 def test_positive_effect_without_flips_uses_each_direction_once():
@@ -57,11 +59,60 @@ def test_shape_mismatch_is_an_error():
         attfind(np.zeros((2, 2, 2)), np.zeros((2, 2, 3), bool), 1)
 
 
+def test_stops_when_the_next_effect_is_not_distinguishable_from_zero():
+    """A positive mean carried by one image in twenty is noise: the rule stops; the reference rule does not."""
+    eff = np.zeros((20, 2, 2))
+    eff[:, 0, 1] = 0.9  # a real effect on every image, flips them all but image 19
+    flipped = eff > 0.5
+    flipped[19] = False
+    eff[19, 1, 1] = 0.5  # direction 1 helps only the one image left, by a single image's worth
+    chosen = attfind(eff, flipped, 5)
+    assert [(s.direction, s.sign) for s in chosen] == [(0, 1)]
+    eff2 = np.zeros((20, 2, 2))
+    eff2[:, 1, 0] = np.r_[[0.8] * 1, [0.0] * 19]  # mean 0.04 > 0, lower bound 0
+    assert attfind(eff2, eff2 > 0.5, 5) == []
+    assert lower_bound(eff2[:, 1, 0]) == 0.0
+    assert [(s.direction, s.sign) for s in attfind(eff2, eff2 > 0.5, 5, confidence=None)] == [(1, -1)]
+
+
+def test_images_already_at_the_target_are_neither_remaining_nor_flipped():
+    probs_rec = np.array([[0.2, 0.8], [0.7, 0.3], [0.6, 0.4], [0.9, 0.1]])  # image 0 is already at class 1
+    probs_edit = np.zeros((4, 1, 2, 2))
+    probs_edit[..., 1] = 0.9  # every edit makes class 1 most probable
+    probs_edit[..., 0] = 0.1
+    effect, flipped, eligible = effect_table(probs_edit, probs_rec, np.full(4, 1))
+    assert eligible.tolist() == [False, True, True, True]
+    assert flipped[:, 0, 1].tolist() == [False, True, True, True]
+    stats = attribute_statistics(effect[:, :, 1], flipped[:, :, 1], eligible, n_boot=50)
+    assert stats[0]["flip_rate"] == 1.0 and stats[0]["n_eligible"] == 3 and stats[0]["baseline_at_target"] == 0.25
+    assert stats[0]["mean_delta_p"] == pytest.approx(np.mean([0.1, 0.6, 0.5, 0.8]))
+    sel = attfind(effect, flipped, 3, eligible=eligible)
+    assert sel[0].newly_explained == 3
+
+
 def test_bootstrap_ci_covers_mean_and_is_seeded():
     v = np.random.default_rng(0).normal(1.0, 1.0, 200)
     lo, hi = bootstrap_ci(v, 500, seed=3)
     assert lo < v.mean() < hi and hi - lo < 0.5
     assert bootstrap_ci(v, 500, seed=3) == (lo, hi)
+
+
+def test_cluster_bootstrap_resamples_groups_not_images():
+    """Two replicates, one all 0 and one all 1: only 0, 0.5 and 1 are possible means; images would give ~[0.4, 0.6]."""
+    v = np.r_[np.zeros(50), np.ones(50)]
+    groups = np.r_[["r1"] * 50, ["r2"] * 50]
+    assert bootstrap_ci(v, 2000, seed=1, groups=groups) == (0.0, 1.0)
+    lo, hi = bootstrap_ci(v, 2000, seed=1)
+    assert 0.35 < lo < 0.45 and 0.55 < hi < 0.65
+    # every image its own group is the image bootstrap, draw for draw
+    assert bootstrap_ci(v, 500, seed=4, groups=np.arange(100)) == bootstrap_ci(v, 500, seed=4)
+
+
+def test_holm_known_answer_and_bounds():
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
+    assert holm([]).tolist() == []
 
 
 def test_separation_auc():
@@ -72,13 +123,13 @@ def test_separation_auc():
     assert separation(-proj, tgt)["auc"] == 0.0
 
 
-def test_statistics_cumulative_flip_rate():
-    eff = np.zeros((4, 2, 2))
-    eff[:2, 0, 1] = 0.9
-    eff[2:, 1, 1] = 0.7
-    flipped = eff > 0.5
-    sel = attfind(eff, flipped, 5)
-    stats = attribute_statistics(sel, eff, flipped, np.random.default_rng(0).normal(size=(6, 2)), np.r_[True, True, True, False, False, False], 100)
+def test_statistics_cumulative_flip_rate_and_coverage():
+    eff = np.zeros((4, 2))
+    eff[:2, 0] = 0.9
+    eff[2:, 1] = 0.7
+    eff[0, 1] = 0.8  # image 0 is flipped by both: counted once in the cumulative rate, not in rank 2's coverage
+    stats = attribute_statistics(eff, eff > 0.5, np.ones(4, bool), n_boot=100)
     assert [s["cumulative_flip_rate"] for s in stats] == [0.5, 1.0]
     assert [s["coverage"] for s in stats] == [0.5, 0.5]
+    assert [s["flip_rate"] for s in stats] == [0.5, 0.75]
     assert stats[0]["delta_p_ci95"][0] <= stats[0]["mean_delta_p"] <= stats[0]["delta_p_ci95"][1]

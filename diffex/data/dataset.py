@@ -275,6 +275,42 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int, pool: np.ndarray |
     return np.sort(np.concatenate(out))[: max(n, len(np.unique(labels[pool])))]
 
 
+def split_indices(labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None,
+                  pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``pool`` (default: all) into (first, second) with about ``fraction`` of each label in the second.
+
+    With ``groups``, whole groups go to one side (images of one replicate never sit on both
+    sides); groups are drawn per label when every group holds one label, else over all labels.
+    Each side keeps at least one image of every label that has two or more (group-wise: two or
+    more groups).
+
+    Example
+    -------
+    >>> a, b = split_indices(np.array([0] * 6 + [1] * 6), 0.5, seed=0)
+    >>> len(a), len(b), sorted(set(np.r_[a, b])) == list(range(12))
+    (6, 6, True)
+    >>> g = np.repeat(np.arange(6), 2)                     # 6 replicates of 2 images
+    >>> a, b = split_indices(np.array([0] * 6 + [1] * 6), 0.5, 0, groups=g)
+    >>> set(g[a]) & set(g[b])
+    set()
+    """
+    pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
+    groups = (np.arange(len(labels)) if groups is None else np.asarray(groups)).astype(str)[pool]
+    rng = np.random.default_rng(seed)
+    labs = np.asarray(labels)[pool]
+    nested = all(len(set(labs[groups == g])) == 1 for g in np.unique(groups))
+    strata = [labs == lab for lab in np.unique(labs)] if nested else [np.ones(len(pool), bool)]
+    second = np.zeros(len(pool), dtype=bool)
+    for members in strata:
+        units = np.unique(groups[members])
+        rng.shuffle(units)
+        n_second = int(round(fraction * len(units)))
+        if len(units) > 1:  # both sides keep at least one unit
+            n_second = min(max(n_second, 1), len(units) - 1)
+        second |= members & np.isin(groups, units[:n_second])
+    return np.sort(pool[~second]), np.sort(pool[second])
+
+
 def relative_path(path: Path, source: str | Path) -> str:
     """``path`` relative to the image folder (or the manifest's folder) when inside it, for records.
 

@@ -17,6 +17,8 @@ from diffex.explain.directions import get_method
 from diffex.models.diffusion import check_precision
 from diffex.models.sampler import MODES, SamplerSpec
 
+BOOTSTRAP_UNITS = ("auto", "image", "replicate", "batch", "plate", "well")
+
 
 @dataclass(frozen=True)
 class ExplainConfig:
@@ -28,6 +30,16 @@ class ExplainConfig:
     (default) or ``bf16`` (diffusion-model evaluations under bfloat16 autocast: faster on GPUs and
     on CPUs with AVX512-BF16/AMX; inversion and renders differ slightly from fp32, see
     docs/benchmarks.md).
+
+    The usable images (round trip >= ``min_psnr``) are split into *selection* images (directions,
+    gradients from ``gradient_images`` of them, the effect table AttFind selects from on
+    ``rank_images`` of them) and *evaluation* images (``evaluation_fraction`` of them, at most
+    ``evaluation_images``), on which every reported statistic is computed. With a manifest that
+    gives replicates (or batch, plate, well), the split keeps each unit on one side and the
+    bootstrap resamples units (``bootstrap_unit``: auto = the first of replicate, batch, plate,
+    well that every image has; or image, or one of those columns). AttFind stops when the
+    one-sided ``selection_confidence`` bootstrap lower bound of the next pick's mean Δp is not
+    above 0.
     """
 
     diffusion: str | None = None
@@ -53,6 +65,10 @@ class ExplainConfig:
     bootstrap: int = 1000
     contrastive_iterations: int = 30
     precision: str = "fp32"
+    evaluation_fraction: float = 0.5
+    evaluation_images: int = 96
+    bootstrap_unit: str = "auto"
+    selection_confidence: float = 0.95
 
     def __post_init__(self):
         try:
@@ -68,11 +84,17 @@ class ExplainConfig:
         if self.traversal_frames < 3 or self.traversal_frames % 2 == 0:
             raise DiffexError(f"traversal_frames must be odd and >= 3, got {self.traversal_frames}")
         for name in ("steps", "directions_per_method", "screen_top", "max_images", "gradient_images",
-                     "rank_images", "max_attributes", "batch_size", "traversal_images", "measure_images"):
+                     "rank_images", "max_attributes", "batch_size", "traversal_images", "measure_images", "evaluation_images"):
             if getattr(self, name) < 1:
                 raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.strength > 0:
             raise DiffexError(f"strength must be > 0, got {self.strength}")
+        if not 0 < self.evaluation_fraction < 1:
+            raise DiffexError(f"evaluation_fraction must be between 0 and 1, got {self.evaluation_fraction}")
+        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise DiffexError(f"bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {self.bootstrap_unit!r}")
+        if not 0.5 <= self.selection_confidence < 1:
+            raise DiffexError(f"selection_confidence must be in [0.5, 1), got {self.selection_confidence}")
 
     @property
     def sampler(self) -> SamplerSpec:

@@ -1,22 +1,22 @@
-"""Stages 7-8, traversals and describe: render each attribute along its strengths, measure the renders.
+"""Stage 8, traversals and describe: render each attribute along its strengths, measure the renders.
 
-Per attribute, the most affected and a typical image of each condition are rendered at
-``traversal_frames`` strengths from −s to +s (plus ``measure_images`` more per condition for the
-measurements), cached per attribute under ``cache/traversals/``, written as ImageJ hyperstacks, a
-PNG grid and a GIF, and measured per channel (:mod:`diffex.report.morphology`); the largest
-monotone changes become the attribute's description.
+Per attribute, evaluation images are rendered at ``traversal_frames`` strengths from −s to +s:
+a seeded random sample of ``measure_images`` per condition (the *measured* images: the morphology
+trends and the description come from these alone), and, per condition moved towards the target,
+its most affected evaluation image (largest change of p(target)), shown for illustration and
+labelled as such. Renders are cached per attribute under ``cache/traversals/`` (keyed by content),
+written as ImageJ hyperstacks with names unique per image, a PNG grid and a GIF.
 
 Example
 -------
->>> attributes, rows = describe_stage(exp, inv, cands_key, cands, table, attributes, progress)   # doctest: +SKIP
->>> attributes[0].description                                                                   # doctest: +SKIP
+>>> attributes, rows = describe_stage(exp, inv, cands_key, cands, ev, attributes, progress)   # doctest: +SKIP
+>>> attributes[0].description                                                              # doctest: +SKIP
 'DNA area -49%, Actin object intensity -48%, Actin eccentricity +40%'
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,13 +26,14 @@ from diffex.explain.cache import StageKey, digest, load_tensors, save_tensors
 from diffex.explain.directions import Candidates
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
-from diffex.explain.rank import SIGNS
-from diffex.explain.search import EffectTable
-from diffex.explain.select import coordinates
+from diffex.explain.select import EvaluationTable, coordinates
 from diffex.models import sampler
 from diffex.report.morphology import describe, measure_many, trend
 from diffex.report.results import Attribute, ShownExample, Traversal, Trend
 from diffex.report.traversal import animated_gif, grid_png, safe_name, write_hyperstack
+
+RANDOM, MOST_AFFECTED = "random sample", "most affected"
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg")
 
 
 def display_range(exp: Experiment) -> tuple[np.ndarray, np.ndarray]:
@@ -43,22 +44,59 @@ def display_range(exp: Experiment) -> tuple[np.ndarray, np.ndarray]:
     return np.array(norm.low), np.array(norm.high)
 
 
-def traversal_images(exp: Experiment, inv: Inversions, table: EffectTable, att: Attribute) -> tuple[list[int], list[int]]:
-    """Rows of the effect table to render: (shown examples, further measured images).
-
-    Per condition, the most affected and a typical image (by |Δp of the target| under this edit)
-    are shown, and up to ``measure_images`` per condition are measured.
-    """
-    cfg, t = exp.cfg, exp.class_names.index(att.target)
-    change = np.abs(table.probs_edit[:, att.shortlist_index, SIGNS.index(att.sign), t] - inv.probs_rec[table.images][:, t])
-    shown, extra = [], []
+def measured_images(exp: Experiment, inv: Inversions) -> np.ndarray:
+    """The seeded random sample of ``measure_images`` evaluation images per condition (same for every attribute)."""
+    rng = np.random.default_rng(exp.cfg.seed + 5)
+    out = []
     for c in exp.conditions:
-        members = np.flatnonzero(exp.labels[table.images] == exp.class_names.index(c))
-        by = members[np.argsort(-change[members], kind="stable")]
-        picked = list(dict.fromkeys([int(by[0]), int(by[len(by) // 2])]))[: cfg.traversal_images]
-        shown += picked
-        extra += [int(m) for m in by if m not in picked][: max(0, cfg.measure_images - len(picked))]
-    return shown, extra
+        members = inv.evaluation[exp.labels[inv.evaluation] == exp.class_names.index(c)]
+        out.append(rng.choice(members, size=min(exp.cfg.measure_images, len(members)), replace=False))
+    return np.concatenate(out)
+
+
+def _most_affected(exp: Experiment, inv: Inversions, ev: EvaluationTable, att: Attribute, condition: int) -> int | None:
+    """The evaluation image of ``condition`` whose p(target) this attribute changes most (None if not moved)."""
+    t = exp.class_names.index(att.target)
+    if condition == t or t not in ev.probs:
+        return None
+    rows = np.flatnonzero(exp.labels[ev.images[t]] == condition)
+    if not len(rows):
+        return None
+    change = np.abs(ev.probs[t][rows, att.rank - 1, t] - inv.probs_rec[ev.images[t][rows], t])  # column: the pick's rank
+    return int(ev.images[t][rows[int(np.argmax(change))]])
+
+
+def traversal_images(exp: Experiment, inv: Inversions, ev: EvaluationTable, att: Attribute) -> tuple[np.ndarray, list[str], list[int]]:
+    """Images to render (image indices), each one's role, and the positions shown in the report.
+
+    Per condition: its most affected evaluation image under this attribute when the condition is
+    moved (role "most affected", unless it is also a measured one), then its measured random
+    images; the first ``traversal_images`` of each condition are shown.
+    """
+    measured = measured_images(exp, inv)
+    images, roles, shown = [], [], []
+    for c in exp.conditions:
+        k = exp.class_names.index(c)
+        mine = [int(i) for i in measured if exp.labels[i] == k]
+        best = _most_affected(exp, inv, ev, att, k)
+        extra = [best] if best is not None and best not in mine else []
+        for j, i in enumerate(extra + mine):
+            if j < exp.cfg.traversal_images:
+                shown.append(len(images))
+            images.append(i)
+            roles.append(MOST_AFFECTED if i in extra else RANDOM)
+    return np.array(images), roles, shown
+
+
+def file_stem(exp: Experiment, image: int) -> str:
+    """A file-name part unique per image: its relative path, sanitized, plus a short hash of that path.
+
+    ``control/img001.tif`` and ``treated/img001.tif``, or ``2024.01.05_A01.tif`` and
+    ``2024.01.05_B02.tif``, never share a name.
+    """
+    rel = relative_path(exp.records[image].path, exp.images_source)
+    suffix = next((s for s in IMAGE_SUFFIXES if rel.lower().endswith(s)), "")
+    return f"{safe_name(rel[: len(rel) - len(suffix)])}-{digest(rel)[:6]}"
 
 
 def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, att: Attribute,
@@ -76,65 +114,67 @@ def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
     return load_tensors(path)[0]["frames"]
 
 
-def _measure(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, strengths: np.ndarray,
-             p_target: np.ndarray) -> tuple[dict[str, Trend], list[dict]]:
-    """Trends of every measurement along the traversals, and one morphology.csv row per render."""
+def _measure(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, roles: list[str],
+             strengths: np.ndarray, p_target: np.ndarray) -> tuple[dict[str, Trend], list[dict]]:
+    """Trends of every measurement along the measured (random) images' traversals, and one morphology.csv row per render."""
     size = exp.pair.dm.info.image_size
-    meas = measure_many(raw.reshape(-1, *raw.shape[2:]), exp.channel_names)
+    meas = {m: v.reshape(raw.shape[:2]) for m, v in measure_many(raw.reshape(-1, *raw.shape[2:]), exp.channel_names).items()}
     meas_ref = measure_many(ref, exp.channel_names)
-    svals = np.broadcast_to(strengths, raw.shape[:2])
-    trends = {m: Trend(**trend(svals, v.reshape(raw.shape[:2]), meas_ref[m], size if "Center" in m else 0)) for m, v in meas.items()}
+    rand = np.array([r == RANDOM for r in roles])
+    svals = np.broadcast_to(strengths, raw.shape[:2])[rand]
+    trends = {m: Trend(**trend(svals, v[rand], meas_ref[m][rand], size if "Center" in m else 0)) for m, v in meas.items()}
     rows = []
     for i, im in enumerate(images):
         for f, s in enumerate(strengths):
             rows.append({"attribute": att.id, "ImageName": relative_path(exp.records[im].path, exp.images_source),
-                         "Condition": exp.records[im].condition, "Strength": float(s), f"P_{att.target}": float(p_target[i, f]),
-                         **{m: float(v.reshape(raw.shape[:2])[i, f]) for m, v in meas.items()}})
+                         "Condition": exp.records[im].condition, "Role": roles[i], "Strength": float(s),
+                         f"P_{att.target}": float(p_target[i, f]), **{m: float(v[i, f]) for m, v in meas.items()}})
     return trends, rows
 
 
-def _write_files(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, n_shown: int,
-                 strengths: np.ndarray) -> list[ShownExample]:
+def _write_files(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, roles: list[str],
+                 shown: list[int], strengths: np.ndarray) -> list[ShownExample]:
     """Hyperstacks of the shown examples, the PNG grid and the GIF; returns the shown examples."""
     low, high = display_range(exp)
     base = exp.out / "traversals" / att.id
-    shown = []
-    for i in range(n_shown):
+    examples = []
+    for i in shown:
         rec = exp.records[images[i]]
-        name = f"{base.name}_{safe_name(Path(rec.path).name.split('.')[0])}.tif"
+        name = f"{base.name}_{file_stem(exp, int(images[i]))}.tif"
         write_hyperstack(base.parent / name, raw[i], exp.channel_names, strengths.tolist())
-        shown.append(ShownExample(index=i, image=relative_path(rec.path, exp.images_source), condition=rec.condition, file=name))
-    grid_png(f"{base}.png", raw[:n_shown], ref[:n_shown], low, high)
-    animated_gif(f"{base}.gif", raw[:n_shown], low, high)
-    return shown
+        examples.append(ShownExample(index=i, image=relative_path(rec.path, exp.images_source), condition=rec.condition,
+                                     file=name, role=roles[i]))
+    grid_png(f"{base}.png", raw[shown], ref[shown], low, high)
+    animated_gif(f"{base}.gif", raw[shown], low, high)
+    return examples
 
 
-def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, table: EffectTable,
+def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, ev: EvaluationTable,
                        att: Attribute) -> tuple[Attribute, list[dict]]:
     """One attribute's traversal, files, measurements, description and coordinates."""
     cfg = exp.cfg
     strengths = np.linspace(-cfg.strength, cfg.strength, cfg.traversal_frames)
-    shown, extra = traversal_images(exp, inv, table, att)
-    images = table.images[shown + extra]  # shown examples first; all of them are measured
+    images, roles, shown = traversal_images(exp, inv, ev, att)
     frames = render_traversal(exp, inv, cands_key, cands, att, images, strengths)
     raw = exp.pair.raw(frames.flatten(0, 1)).numpy().reshape(*frames.shape)  # (n, F, C, H, W)
     ref = exp.pair.raw(inv.xrec[images]).numpy()
     t = exp.class_names.index(att.target)
     p_target = exp.pair.probs(frames.flatten(0, 1).to(exp.device)).numpy().reshape(*raw.shape[:2], -1)[..., t]
-    trends, rows = _measure(exp, att, raw, ref, images, strengths, p_target)
-    examples = _write_files(exp, att, raw, ref, images, len(shown), strengths)
-    # the attribute coordinate of every usable image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
+    trends, rows = _measure(exp, att, raw, ref, images, roles, strengths, p_target)
+    examples = _write_files(exp, att, raw, ref, images, roles, shown, strengths)
+    # the attribute coordinate of every evaluation image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
     coord = att.sign * coordinates(inv.h, cands.vectors)[:, att.candidate] / inv.h_scale
-    usable = inv.usable
+    ev_idx = inv.evaluation
     traversal = Traversal(strengths=strengths.tolist(), images=[relative_path(exp.records[i].path, exp.images_source) for i in images],
-                          conditions=[exp.records[i].condition for i in images], p_target=p_target.tolist(), shown=examples)
+                          conditions=[exp.records[i].condition for i in images], measured=[r == RANDOM for r in roles],
+                          p_target=p_target.tolist(), shown=examples)
     return replace(
         att, description=describe({m: vars(tr) for m, tr in trends.items()}), morphology=trends, traversal=traversal,
-        coordinate={c: [round(float(v), 5) for v in coord[usable][exp.labels[usable] == exp.class_names.index(c)]] for c in exp.conditions},
-        files=sorted(p.name for p in (exp.out / "traversals").glob(f"{att.id}*"))), rows
+        coordinate={c: [round(float(v), 5) for v in coord[ev_idx][exp.labels[ev_idx] == exp.class_names.index(c)]] for c in exp.conditions},
+        files=sorted([e.file for e in examples] + [f"{att.id}.gif", f"{att.id}.png"])), rows
 
 
-def describe_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, table: EffectTable,
+def describe_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, ev: EvaluationTable,
                    attributes: list[Attribute], progress) -> tuple[list[Attribute], list[dict]]:
     """Every attribute described (see :func:`describe_attribute`); also the rows of morphology.csv."""
     (exp.out / "traversals").mkdir(exist_ok=True)
@@ -142,7 +182,7 @@ def describe_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands:
     task = progress.add_task("traversals", total=len(attributes))
     described, rows = [], []
     for att in attributes:
-        a, r = describe_attribute(exp, inv, cands_key, cands, table, att)
+        a, r = describe_attribute(exp, inv, cands_key, cands, ev, att)
         described.append(a)
         rows += r
         progress.advance(task)

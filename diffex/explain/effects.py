@@ -11,9 +11,11 @@ Example
 >>> import numpy as np
 >>> probs_edit = np.array([[[[0.7, 0.3], [0.2, 0.8]]]])    # (N=1, K=1, 2 signs, 2 classes)
 >>> probs_rec = np.array([[0.6, 0.4]])                      # (N, classes)
->>> effect, flipped = effect_table(probs_edit, probs_rec, np.array([1]))
->>> effect.round(2).tolist(), flipped.tolist()
-([[[-0.1, 0.4]]], [[[False, True]]])
+>>> effect, flipped, eligible = effect_table(probs_edit, probs_rec, np.array([1]))
+>>> effect.round(2).tolist(), flipped.tolist(), eligible.tolist()
+([[[-0.1, 0.4]]], [[[False, True]]], [True])
+>>> effect_table(probs_edit, probs_rec, np.array([0]))[1].tolist()   # already at class 0: never a flip
+[[[False, False]]]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def effect_table(probs_edit: np.ndarray, probs_rec: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def effect_table(probs_edit: np.ndarray, probs_rec: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Effects and flips of edits.
 
     Parameters
@@ -33,7 +35,8 @@ def effect_table(probs_edit: np.ndarray, probs_rec: np.ndarray, targets: np.ndar
     Returns
     -------
     effect : (N, K, 2) p(target | edit) - p(target | reconstruction)
-    flipped : (N, K, 2) bool, the edit's most probable class is the target
+    flipped : (N, K, 2) bool, the image is eligible and the edit's most probable class is the target
+    eligible : (N,) bool, the reconstruction's most probable class is not the target
     """
     probs_edit, probs_rec = np.asarray(probs_edit), np.asarray(probs_rec)
     targets = np.asarray(targets, dtype=np.int64)
@@ -41,5 +44,6 @@ def effect_table(probs_edit: np.ndarray, probs_rec: np.ndarray, targets: np.ndar
     p_edit = np.take_along_axis(probs_edit, tgt[..., None], axis=-1)[..., 0]  # (N, K, 2)
     p_rec = probs_rec[np.arange(len(targets)), targets]  # (N,)
     effect = p_edit - p_rec[:, None, None]
-    flipped = probs_edit.argmax(-1) == tgt
-    return effect, flipped
+    eligible = probs_rec.argmax(-1) != targets
+    flipped = (probs_edit.argmax(-1) == tgt) & eligible[:, None, None]
+    return effect, flipped, eligible

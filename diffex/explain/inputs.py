@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,8 @@ from diffex.models.diffusion import DiffusionModel
 from diffex.models.hooks import EvaluationCounter
 from diffex.runtime import resolve_device
 
+log = logging.getLogger(__name__)
+
 OUTPUTS = ("results.json", "attributes.csv", "morphology.csv", "report.html", "provenance.json", "traversals")
 
 
@@ -63,8 +66,17 @@ class Experiment:
     file_sha: list[str]  # SHA-256 of each image file
     classifier_digest: str
     diffusion_digest: str
+    n_available: int  # images found before subsampling to max_images
+    bootstrap_unit: str  # "image" or the manifest column whose values are the resampling units
+    groups: np.ndarray | None  # (N,) unit of each image (None: each image its own unit)
     command: str | None = None
     evaluations: dict[str, int] = field(default_factory=dict)
+    subsampling: list[str] = field(default_factory=list)  # notes, logged and shown in the report
+
+    def note_subsample(self, text: str) -> None:
+        """Log a subsampling and keep it for the report."""
+        log.info("%s", text)
+        self.subsampling.append(text)
 
     @property
     def cache(self) -> Path:
@@ -134,8 +146,8 @@ def prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
         yaml.safe_dump(cfg_dict, fh, sort_keys=False)
 
 
-def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[Record], list[str]]:
-    """The images' records (sorted by path, stratified down to ``max_images``) and their conditions."""
+def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[Record], list[str], int]:
+    """The images' records (sorted by path, stratified down to ``max_images``), their conditions, the count found."""
     records = sorted(discover(images), key=lambda r: str(r.path))
     conds = require_conditions(records, images)
     missing = [c for c in conds if c not in class_names]
@@ -143,7 +155,30 @@ def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[R
         raise DiffexError(f"{images}: conditions {missing} are not classes of the classifier {class_names}")
     labels = np.array([class_names.index(r.condition) for r in records])
     kept = stratified_indices(labels, cfg.max_images, cfg.seed)
-    return [records[i] for i in kept], conds
+    return [records[i] for i in kept], conds, len(records)
+
+
+UNIT_COLUMNS = ("replicate", "batch", "plate", "well")
+
+
+def bootstrap_groups(records: list[Record], unit: str, source) -> tuple[str, np.ndarray | None]:
+    """The bootstrap's resampling unit and each image's unit id (None for single images).
+
+    ``auto`` takes the first of replicate, batch, plate, well that every record has; a well is
+    identified together with its plate. A named column that some record lacks is an error.
+    """
+    if unit == "image":
+        return "image", None
+    if unit == "auto":
+        unit = next((c for c in UNIT_COLUMNS if all(getattr(r, c) for r in records)), "image")
+        if unit == "image":
+            return "image", None
+    missing = [str(r.path) for r in records if not getattr(r, unit)]
+    if missing:
+        raise DiffexError(f"{source}: bootstrap_unit {unit!r}, but {len(missing)} image(s) have no {unit} in the manifest, "
+                          f"e.g. {missing[0]}")
+    ids = [f"{r.plate or ''}/{r.well}" if unit == "well" else str(getattr(r, unit)) for r in records]
+    return unit, np.array(ids)
 
 
 def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, device: str = "auto", axes: str | None = None,
@@ -158,7 +193,8 @@ def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, d
     check_models(clf, dm)  # before any computation
     cfg = replace(cfg, diffusion=str(dm_path))
     class_names = list(clf.info.class_names)
-    records, conds = _records(images, class_names, cfg)
+    records, conds, n_available = _records(images, class_names, cfg)
+    unit, groups = bootstrap_groups(records, cfg.bootstrap_unit, images)
     out = Path(out) if out else Path(f"diffex-{Path(images).stem}")
     prepare_out(out, to_dict(cfg), force)
     imgs = load_images(records, dm.info.image_size, dm.info.resize_mode, axes=axes,
@@ -167,9 +203,13 @@ def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, d
         if tuple(imgs.channel_names) != tuple(dm.info.channel_names):
             raise DiffexError(f"{images}: image channels {list(imgs.channel_names)} differ from the diffusion model's "
                               f"{list(dm.info.channel_names)}")
-    return Experiment(
+    exp = Experiment(
         cfg=cfg, out=out, pair=ModelPair(clf, dm), device=dev, classifier_path=Path(classifier), diffusion_path=Path(dm_path),
         images_source=Path(images), class_names=class_names, conditions=conds, records=records, raw=imgs.raw,
         labels=imgs.labels(class_names), channel_names=list(dm.info.channel_names or imgs.channel_names),
         file_sha=[sha256_file(r.path) for r in records], classifier_digest=model_digest(classifier),
-        diffusion_digest=model_digest(dm_path), command=command)
+        diffusion_digest=model_digest(dm_path), n_available=n_available, bootstrap_unit=unit, groups=groups, command=command)
+    if n_available > len(records):
+        exp.note_subsample(f"{len(records)} of the {n_available} images were used (max_images {cfg.max_images}, "
+                           f"drawn at random in proportion to each condition, seed {cfg.seed})")
+    return exp

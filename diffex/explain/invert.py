@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffex.data.dataset import split_indices, stratified_indices
 from diffex.errors import DiffexError
 from diffex.explain.cache import load_tensors, save_tensors
 from diffex.explain.inputs import Experiment
@@ -42,6 +43,8 @@ class Inversions:
     probs_rec: np.ndarray  # (N, classes) classifier on the reconstructions
     usable: np.ndarray  # indices of images whose round trip reaches min_psnr
     targets: np.ndarray  # (N,) target class of each image
+    selection: np.ndarray  # usable images the directions and the selection are made on
+    evaluation: np.ndarray  # disjoint usable images every reported statistic is computed on
 
     @property
     def h_scale(self) -> float:
@@ -104,5 +107,23 @@ def invert_stage(exp: Experiment, progress=None) -> Inversions:
         raise DiffexError(
             f"{exp.images_source}: fewer than two conditions have images that invert well (round-trip PSNR >= {cfg.min_psnr} dB); "
             f"median PSNR {np.median(psnr):.1f} dB. The diffusion model does not fit these images")
+    selection, evaluation = split_sets(exp, usable)
     return Inversions(xt=inv["xt"], xrec=inv["xrec"], x0=inv["x0"], h=inv["h"].float(), psnr=psnr, probs_orig=probs_orig,
-                      probs_rec=probs_rec, usable=usable, targets=counterfactual_targets(probs_rec, exp.labels))
+                      probs_rec=probs_rec, usable=usable, targets=counterfactual_targets(probs_rec, exp.labels),
+                      selection=selection, evaluation=evaluation)
+
+
+def split_sets(exp: Experiment, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Selection and evaluation images: disjoint, stratified by condition, whole bootstrap units on one side."""
+    cfg, labels = exp.cfg, exp.labels
+    selection, evaluation = split_indices(labels, cfg.evaluation_fraction, cfg.seed + 3, exp.groups, usable)
+    for name, part in (("selection", selection), ("evaluation", evaluation)):
+        if len(np.unique(labels[part])) < 2:
+            unit = "images" if exp.groups is None else f"{exp.bootstrap_unit}s"
+            raise DiffexError(f"{exp.images_source}: too few usable {unit} to hold out evaluation images: the {name} images "
+                              f"hold {len(np.unique(labels[part]))} condition(s); every condition needs at least two {unit}")
+    if len(evaluation) > cfg.evaluation_images:
+        exp.note_subsample(f"statistics on {cfg.evaluation_images} of the {len(evaluation)} evaluation images (evaluation_images, "
+                           f"drawn at random in proportion to each condition, seed {cfg.seed + 4})")
+        evaluation = stratified_indices(labels, cfg.evaluation_images, cfg.seed + 4, evaluation)
+    return selection, evaluation

@@ -1,8 +1,9 @@
 """``explain``: the stages in order over an experiment folder, each resumable from what is on disk.
 
-images -> invert (cache per image) -> gradients -> candidates -> screen -> effect table -> rank
--> traversals + describe -> write (results.json, attributes.csv, morphology.csv, provenance.json,
-report.html).
+images -> invert (cache per image; split into selection and evaluation images) -> gradients ->
+candidates -> screen -> effect table -> select (AttFind) -> evaluate (renders of the picks on the
+evaluation images) -> statistics -> traversals + describe -> write (results.json, attributes.csv,
+morphology.csv, provenance.json, report.html).
 
 Every stage is a plain function in its own module (:mod:`~diffex.explain.invert`,
 :mod:`~diffex.explain.search`, :mod:`~diffex.explain.select`, :mod:`~diffex.explain.describe`,
@@ -34,7 +35,7 @@ from diffex.explain.search import (
     gradients_stage,
     screen_stage,
 )
-from diffex.explain.select import rank_stage
+from diffex.explain.select import evaluation_stage, select_stage, statistics_stage
 from diffex.explain.write import build_results, write_stage
 from diffex.progress import make_progress
 from diffex.report.results import Attribute, Results
@@ -80,9 +81,11 @@ def explain(classifier: str | Path, images: str | Path, out: str | Path | None =
         cands_key, cands = candidates_stage(exp, inv, grads, progress)
         shortlist = screen_stage(exp, inv, grads, cands_key, cands)
         table = effect_table_stage(exp, inv, cands, shortlist, progress)
-        attributes = rank_stage(exp, inv, cands, shortlist, table)
-        attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, table, attributes, progress)
+        picks = select_stage(exp, inv, shortlist, table)
+        ev = evaluation_stage(exp, inv, cands_key, cands, picks, progress)
+        attributes = statistics_stage(exp, inv, cands, shortlist, picks, ev)
+        attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, ev, attributes, progress)
     results = build_results(exp, inv, grads, cands, shortlist, table, attributes, t_start)
-    write_stage(exp, results, morphology_rows)
+    write_stage(exp, inv, results, morphology_rows)
     log.info("explain finished in %.0f s: %s", time.time() - t_start, exp.out)
     return ExplainResult(exp.out, results)

@@ -58,7 +58,10 @@ def _images_digest(exp: Experiment, idx: np.ndarray) -> str:
 def gradients_stage(exp: Experiment, inv: Inversions, progress) -> Gradients:
     """Per-image classifier gradients on ``gradient_images`` usable images (stratified, seeded)."""
     cfg = exp.cfg
-    idx = stratified_indices(exp.labels, cfg.gradient_images, cfg.seed + 1, inv.usable)
+    idx = stratified_indices(exp.labels, cfg.gradient_images, cfg.seed + 1, inv.selection)
+    if len(idx) < len(inv.selection):
+        exp.note_subsample(f"classifier gradients on {len(idx)} of the {len(inv.selection)} selection images (gradient_images, "
+                           f"drawn at random in proportion to each condition, seed {cfg.seed + 1})")
     spec = cfg.gradient_sampler
     key = StageKey("gradients", {"images": _images_digest(exp, idx), "classifier": exp.classifier_digest,
                                  "targets": digest(*inv.targets[idx]), "sampler": digest(spec), "precision": cfg.precision})
@@ -80,12 +83,12 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     ts = cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps)
     edit_ts = ts[ts >= cfg.t_edit]
     settings = {k: to_dict(cfg)[k] for k in ("methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations")}
-    key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.usable),
+    key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.selection),
                                   "settings": digest(settings), "edit_timesteps": digest(*edit_ts)})
 
     def compute():
         task = progress.add_task("candidate directions", total=1)
-        ctx = DirectionContext(exp.pair, inv.xrec[inv.usable], inv.h[inv.usable], grads.grads, inv.targets[grads.images],
+        ctx = DirectionContext(exp.pair, inv.xrec[inv.selection], inv.h[inv.selection], grads.grads, inv.targets[grads.images],
                                exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations)
         with exp.counted("directions"):
             cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
@@ -97,12 +100,19 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
 
 
 def screen_stage(exp: Experiment, inv: Inversions, grads: Gradients, cands_key: StageKey, cands: Candidates) -> Shortlist:
-    """The ``screen_top`` candidates with the largest first-order effect (dot products; no rendering)."""
+    """The ``screen_top`` candidates with the largest first-order mean Δp (dot products; no rendering).
+
+    The first-order change of p(target) of image i is p_i ⟨g_i, d⟩ per unit of Δh; images already
+    classified as their target weigh 0, as in AttFind.
+    """
     top = min(exp.cfg.screen_top, len(cands.names))
-    key = StageKey("screen", {"gradients": grads.key.digest, "directions": cands_key.digest, "top": str(top)})
+    key = StageKey("screen", {"gradients": grads.key.digest, "directions": cands_key.digest, "top": str(top), "rule": "first-order mean dp"})
+    tgt = inv.targets[grads.images]
+    p_target = inv.probs_rec[grads.images, tgt]
+    weights = p_target * (inv.probs_rec[grads.images].argmax(1) != tgt)
 
     def compute():
-        order, scores = screen(grads.grads, inv.targets[grads.images], cands.vectors, top)
+        order, scores = screen(grads.grads, tgt, cands.vectors, top, weights=weights)
         return {"order": torch.as_tensor(order), "scores": torch.as_tensor(scores)}, {}
 
     tensors, _ = cached(exp.cache, key, compute)
@@ -112,7 +122,10 @@ def screen_stage(exp: Experiment, inv: Inversions, grads: Gradients, cands_key: 
 def effect_table_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, progress) -> EffectTable:
     """Render ``rank_images`` images x shortlisted candidates x both signs once; classify the renders."""
     cfg = exp.cfg
-    idx = stratified_indices(exp.labels, cfg.rank_images, cfg.seed + 2, inv.usable)
+    idx = stratified_indices(exp.labels, cfg.rank_images, cfg.seed + 2, inv.selection)
+    if len(idx) < len(inv.selection):
+        exp.note_subsample(f"attributes selected on {len(idx)} of the {len(inv.selection)} selection images (rank_images, "
+                           f"drawn at random in proportion to each condition, seed {cfg.seed + 2})")
     key = StageKey("effects", {"images": _images_digest(exp, idx), "screen": shortlist.key.digest, "classifier": exp.classifier_digest,
                                "strength": repr(cfg.strength), "h_scale": repr(inv.h_scale), "sampler": digest(cfg.sampler),
                                "batch_size": str(cfg.batch_size), "precision": cfg.precision})

@@ -53,12 +53,14 @@ def first_order_effects(grads: torch.Tensor, candidates: torch.Tensor) -> torch.
 
 
 def screen(
-    grads: torch.Tensor, targets: np.ndarray, candidates: torch.Tensor, top: int
+    grads: torch.Tensor, targets: np.ndarray, candidates: torch.Tensor, top: int, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank candidates by their predicted effect on log p(target), best first.
+    """Rank candidates by their predicted (first-order) effect, best first.
 
-    A candidate's score is, over target conditions, the largest |mean ⟨g_i, d⟩| of the images
-    pushed towards that target (either sign of d can be used, so the magnitude counts).
+    A candidate's score is, over target conditions, the largest |mean_i w_i ⟨g_i, d⟩| of the images
+    pushed towards that target (either sign of d can be used, so the magnitude counts). With
+    ``weights`` w_i = p_i(target) (0 for images already at the target) this is the first-order mean
+    change of p(target), the quantity AttFind selects by; without, of log p(target).
 
     Returns
     -------
@@ -66,6 +68,8 @@ def screen(
     scores : ndarray of float, (K,) every candidate's score
     """
     fo = first_order_effects(grads, candidates).numpy()  # (N, K)
+    if weights is not None:
+        fo = fo * np.asarray(weights, dtype=np.float64)[:, None]
     targets = np.asarray(targets)
     per_target = np.stack([np.abs(fo[targets == t].mean(0)) for t in np.unique(targets)])  # (T, K)
     scores = per_target.max(0)

@@ -22,6 +22,7 @@ from diffex.explain.describe import display_range
 from diffex.explain.directions import Candidates
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
+from diffex.explain.rank import SELECTION_RULE
 from diffex.explain.search import EffectTable, Gradients, Shortlist
 from diffex.fsutil import atomic_file, sha256_file, write_json
 from diffex.report.html import write_report
@@ -32,13 +33,15 @@ from diffex.report.results import (
     FlaggedImage,
     InversionSummary,
     Results,
+    Statistics,
     write_results,
 )
 from diffex.runtime import describe_device, software_versions
 
-ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "mean_delta_p", "delta_p_ci95_low", "delta_p_ci95_high",
-                     "flip_rate", "coverage", "cumulative_flip_rate", "separation_auc", "separation_cohens_d",
-                     "separation_p_value", "screening_score", "n_images", "description")
+ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "n_images", "n_eligible", "baseline_at_target", "mean_delta_p",
+                     "delta_p_ci95_low", "delta_p_ci95_high", "flip_rate", "coverage", "cumulative_flip_rate", "separation_auc",
+                     "separation_cohens_d", "separation_p_value", "separation_p_adjusted", "separation_n", "selection_mean_delta_p",
+                     "selection_lower_bound", "screening_score", "description")
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -46,6 +49,24 @@ def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     m = np.zeros((k, k), dtype=np.int64)
     np.add.at(m, (y, pred), 1)
     return m
+
+
+def statistics_summary(exp: Experiment, inv: Inversions, grads: Gradients, table: EffectTable) -> Statistics:
+    """How the statistics were made (image sets, bootstrap unit, corrections, stopping rule, subsampling)."""
+    cfg = exp.cfg
+    ev_labels = exp.labels[inv.evaluation]
+    units = {c: int(len(np.unique(exp.groups[inv.evaluation][ev_labels == exp.class_names.index(c)])))
+             if exp.groups is not None else int((ev_labels == exp.class_names.index(c)).sum()) for c in exp.conditions}
+    whole = "" if exp.groups is None else f"; each {exp.bootstrap_unit} entirely on one side"
+    return Statistics(
+        n_images_available=exp.n_available, selection_images=len(inv.selection), evaluation_images=len(inv.evaluation),
+        gradient_images=len(grads.images), rank_images=len(table.images),
+        split=(f"usable images split at random ({cfg.evaluation_fraction:.0%} held out for evaluation, per condition{whole}, "
+               f"seed {cfg.seed + 3}); directions, gradients and the selection use only the selection images"),
+        bootstrap_unit=exp.bootstrap_unit, bootstrap_units=units, bootstrap_resamples=cfg.bootstrap,
+        p_adjust="holm (over every reported attribute)",
+        selection_rule=SELECTION_RULE.format(conf=cfg.selection_confidence, n_boot=cfg.bootstrap, m=cfg.max_attributes),
+        subsampling=list(exp.subsampling))
 
 
 def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Candidates, shortlist: Shortlist, table: EffectTable,
@@ -70,7 +91,7 @@ def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Can
         h_shape=list(inv.h.shape[2:]), h_scale=inv.h_scale,
         candidates=[CandidateSummary(i, n, float(shortlist.scores[i]), bool(i in shortlist.order), cands.merged.get(n, []))
                     for i, n in enumerate(cands.names)],
-        gradient_images=len(grads.images), rank_images=len(table.images), attributes=attributes,
+        statistics=statistics_summary(exp, inv, grads, table), attributes=attributes,
         quality_gate_passed=bool((dm.info.quality_gate or {}).get("passed", False)), elapsed_s=round(time.time() - t_start, 1),
         unet_image_evaluations_this_run=dict(exp.evaluations))
 
@@ -81,7 +102,8 @@ def write_attributes_csv(path: Path, attributes: list[Attribute]) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(ATTRIBUTE_COLUMNS)
         for a in attributes:
-            row = {**vars(a), "delta_p_ci95_low": a.delta_p_ci95[0], "delta_p_ci95_high": a.delta_p_ci95[1]}
+            row = {**vars(a), "delta_p_ci95_low": a.delta_p_ci95[0], "delta_p_ci95_high": a.delta_p_ci95[1],
+                   "separation_n": ";".join(f"{c}:{n}" for c, n in a.separation_n.items())}
             w.writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in ATTRIBUTE_COLUMNS])
 
 
@@ -97,8 +119,19 @@ def write_morphology_csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def provenance(exp: Experiment) -> dict:
-    """Command, software, device, seed, settings, and the SHA-256 of both models' files and every image."""
+def image_sets(exp: Experiment, inv: Inversions) -> list[str]:
+    """Per image: "selection", "evaluation", "excluded (round trip)" or "unused" (evaluation images beyond evaluation_images)."""
+    sets = ["unused"] * len(exp.records)
+    for i in np.flatnonzero(inv.psnr < exp.cfg.min_psnr):
+        sets[i] = "excluded (round trip)"
+    for name, idx in (("selection", inv.selection), ("evaluation", inv.evaluation)):
+        for i in idx:
+            sets[i] = name
+    return sets
+
+
+def provenance(exp: Experiment, inv: Inversions) -> dict:
+    """Command, software, device, seed, settings, the SHA-256 of both models' files and of every image, and its set."""
     def sums(path: Path) -> dict[str, str]:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         return {p.relative_to(path).as_posix() if path.is_dir() else p.name: sha256_file(p) for p in files}
@@ -108,15 +141,15 @@ def provenance(exp: Experiment) -> dict:
         "command": exp.command, "software": software_versions(), "device": describe_device(exp.device), "seed": cfg_dict["seed"],
         "config": cfg_dict, "classifier": {"path": str(exp.classifier_path), "sha256": sums(exp.classifier_path)},
         "diffusion": {"path": str(exp.diffusion_path), "sha256": sums(exp.diffusion_path)},
-        "images": [{"path": relative_path(r.path, exp.images_source), "condition": r.condition, "sha256": s}
-                   for r, s in zip(exp.records, exp.file_sha)],
+        "images": [{"path": relative_path(r.path, exp.images_source), "condition": r.condition, "sha256": s, "set": k}
+                   for r, s, k in zip(exp.records, exp.file_sha, image_sets(exp, inv))],
     }
 
 
-def write_stage(exp: Experiment, results: Results, morphology_rows: list[dict]) -> None:
+def write_stage(exp: Experiment, inv: Inversions, results: Results, morphology_rows: list[dict]) -> None:
     """Write every output file of the experiment folder; results.json last."""
     write_morphology_csv(exp.out / "morphology.csv", morphology_rows)
     write_attributes_csv(exp.out / "attributes.csv", results.attributes)
-    write_json(exp.out / "provenance.json", provenance(exp))
+    write_json(exp.out / "provenance.json", provenance(exp, inv))
     write_report(exp.out, results)
     write_results(exp.out / "results.json", results)  # last: its presence marks a finished experiment
