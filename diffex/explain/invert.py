@@ -9,7 +9,7 @@ chooses each image's target condition.
 Example
 -------
 >>> inv = invert_stage(exp, progress)          # doctest: +SKIP
->>> inv.h.shape                                # (N, steps, *h_shape)   doctest: +SKIP
+>>> inv.h.shape                                # doctest: +SKIP
 torch.Size([200, 20, 128, 4, 4])
 """
 

@@ -49,6 +49,7 @@ def reference_attfind(
     invert_spec: SamplerSpec = REFERENCE_INVERSION,
     render_spec: SamplerSpec = REFERENCE_RENDER,
     batch_size: int = 32,
+    cache_inversion: bool = False,
 ) -> list[Selection]:
     """Greedy selection, re-encoding inside the loop (the reference's cost profile).
 
@@ -58,6 +59,8 @@ def reference_attfind(
     directions : (K, *h_shape) unit directions; offset_norm : ‖Δh‖ of every edit, in h units
     invert_spec, render_spec : the inversion (reference: 50 steps to t = T - 1) and the rendering
         (reference: 20 steps; its ``mode`` and ``t_edit`` apply to the edits)
+    cache_inversion : invert and reconstruct every image once and reuse it in later rounds (the
+        inversion is deterministic, so the selection is the same; the stronger baseline)
     """
     dm = pair.dm
     targets = np.asarray(targets)
@@ -69,10 +72,15 @@ def reference_attfind(
     out: list[Selection] = []
     while len(out) < max_attributes and (remaining is None or remaining.any()) and available.any():
         idx = np.arange(n) if remaining is None else np.flatnonzero(remaining)
-        xt = ddim_invert(dm, x0[idx], invert_spec, batch_size=batch_size)  # re-encoded every round
-        rec = ddim_render(dm, xt, plain, batch_size=batch_size)
+        if cache_inversion:
+            if remaining is None:
+                xt_all = ddim_invert(dm, x0, invert_spec, batch_size=batch_size)
+                p_rec_all = pair.probs(ddim_render(dm, xt_all, plain, batch_size=batch_size)).numpy()
+            xt, p_rec = xt_all[idx], p_rec_all[idx]
+        else:
+            xt = ddim_invert(dm, x0[idx], invert_spec, batch_size=batch_size)  # re-encoded every round
+            p_rec = pair.probs(ddim_render(dm, xt, plain, batch_size=batch_size)).numpy()  # (n, classes)
         edits = render_edits(dm, xt, offsets, render_spec, batch_size=batch_size)  # (n, K*2, C, H, W)
-        p_rec = pair.probs(rec).numpy()  # (n, classes)
         p_all = pair.probs(edits.flatten(0, 1)).numpy().reshape(len(idx), k, 2, -1)  # (n, K, 2, classes)
         effect, flipped, eligible = effect_table(p_all, p_rec, targets[idx])
         if remaining is None:

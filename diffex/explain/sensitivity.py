@@ -7,8 +7,12 @@ best K' are rendered (:func:`screen`).
 
 Example
 -------
->>> g = classifier_gradients(pair, xt, targets, SamplerSpec(steps=20, t_end=699))  # (N, *h)  doctest: +SKIP
->>> order, scores = screen(g, targets, candidates, scale)       # doctest: +SKIP
+>>> g = classifier_gradients(pair, xt, targets, SamplerSpec(steps=20, t_end=699))  # doctest: +SKIP
+>>> g = torch.tensor([[1.0, 0.0], [1.0, 0.1]])                  # (N=2, D=2) per-image gradients
+>>> candidates = torch.tensor([[0.0, 1.0], [1.0, 0.0]])         # (K=2, D) unit directions
+>>> order, scores = screen(g, np.array([1, 1]), candidates, top=1)
+>>> order.tolist(), scores.round(2).tolist()
+([1], [0.05, 1.0])
 """
 
 from __future__ import annotations

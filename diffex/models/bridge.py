@@ -7,8 +7,14 @@ agree (:func:`check_models` says so before any computation).
 
 Example
 -------
->>> pair = ModelPair(clf, dm)                                  # doctest: +SKIP
->>> logp = pair.log_probs(x_model)                             # (B, K)   doctest: +SKIP
+>>> from diffex.data.normalize import Normalization
+>>> from diffex.models.classifier import Classifier, ClassifierInfo
+>>> from diffex.models.diffusion import tiny_model
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+>>> clf = Classifier(net, ClassifierInfo(("a", "b"), 1, 8, Normalization((0.0,), (1.0,))))
+>>> pair = ModelPair(clf, tiny_model(in_channels=1, size=8))
+>>> pair.log_probs(torch.zeros(3, 1, 8, 8)).shape              # (B, classes), from renders in model space
+torch.Size([3, 2])
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@ so that brightness differences between frames are real differences of the render
 
 Example
 -------
->>> write_hyperstack("a.tif", frames, ["DNA", "Actin"], strengths)    # (F, C, H, W)  doctest: +SKIP
+>>> import tempfile, tifffile
+>>> path = Path(tempfile.mkdtemp()) / "a.tif"
+>>> frames = np.zeros((3, 2, 8, 8), np.float32)                  # (F, C, H, W)
+>>> write_hyperstack(path, frames, ["DNA", "Actin"], [-1.0, 0.0, 1.0])
+>>> tifffile.imread(path).shape
+(3, 2, 8, 8)
 """
 
 from __future__ import annotations
