@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from diffex.explain.effects import effect_table
-from diffex.explain.rank import attfind, attribute_statistics, bootstrap_ci, holm, lower_bound, separation
+from diffex.explain.rank import (
+    attfind,
+    attribute_statistics,
+    bootstrap_ci,
+    holm,
+    lower_bound,
+    separation,
+)
 
 
 def test_picks_largest_mean_effect_then_the_rest():

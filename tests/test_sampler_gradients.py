@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffex.models.diffusion import DiffusionInfo, DiffusionModel, UNetSpec, build_unet, default_scheduler_config
+from diffex.models.diffusion import (
+    DiffusionInfo,
+    DiffusionModel,
+    UNetSpec,
+    build_unet,
+    default_scheduler_config,
+)
 from diffex.models.hooks import h_shape
 from diffex.models.sampler import SamplerSpec, ddim_render, ddim_render_differentiable
 
