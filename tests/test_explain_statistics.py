@@ -27,7 +27,9 @@ def _run(clf, dm, images, out, cfg=TINY):
 
 @pytest.fixture(scope="module")
 def experiment(tiny_classifier, tiny_diffusion, cells, tmp_path_factory):
-    return _run(tiny_classifier[0], tiny_diffusion[0], cells, tmp_path_factory.mktemp("stats") / "exp")
+    res = _run(tiny_classifier[0], tiny_diffusion[0], cells, tmp_path_factory.mktemp("stats") / "exp")
+    assert len(res.attributes) >= 2  # every loop over attributes below checks something
+    return res
 
 
 def _sets(out: Path) -> tuple[list[dict], dict[str, str]]:
@@ -164,6 +166,7 @@ def test_same_file_names_in_both_conditions_do_not_overwrite(tiny_classifier, ti
             (images / cond).mkdir(parents=True, exist_ok=True)
             shutil.copy(p, images / cond / f"img{i:03d}.ome.tif")
     res = _run(tiny_classifier[0], tiny_diffusion[0], images, tmp_path / "exp", replace(TINY, traversal_images=2))
+    assert res.attributes
     for a in res.attributes:
         files = [e.file for e in a.traversal.shown]
         assert len(files) == len(set(files)) == len(a.traversal.shown)
