@@ -1,51 +1,88 @@
-"""Check an explain run on the sample data against its ground truth (issue acceptance criteria).
+"""Check an explain run on synthetic cells against its ground truth (issue acceptance criteria).
 
 The synthetic conditions differ in ``nucleus_radius`` (measured on renders as DNA object area) and
 ``actin_level`` (Actin object mean intensity); cell size, position and elongation are nuisance
-factors. For each reported attribute this prints the flip rate at the reported strength, the median
-within-traversal |Spearman r| of each factor's measurement with strength, and the nuisance drift at
-±strength. Exit code 1 when the criteria are not met.
+factors. Each true factor is matched to an attribute and judged by the rules of
+``benchmarks/validity.py`` (see its docstring): right sign of the change (from the ground truth),
+|r| >= 0.8 with its factor and <= 0.3 with the other, among the top 3, condition separation
+(AUC >= 0.7, adjusted p < 0.01), nuisance drift of the match < 10 %, full-strength renders within
+the real images' range. This prints every attribute's figures, then each factor's match and the
+criteria it fails. Exit code 0 when every factor passes, 1 otherwise.
 
-Usage: python benchmarks/explain_acceptance.py EXPERIMENT_DIR
+The real images are those the experiment explained (``images`` in results.json) and the ground
+truth is the CSV the generator wrote beside them (``<images>_factors.csv``) unless given.
+
+Usage: python benchmarks/explain_acceptance.py EXPERIMENT_DIR [--images DIR] [--factors CSV] [--differs FACTOR ...]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-FACTORS = {"nucleus_radius": "DNA_AreaShape_Area", "actin_level": "Actin_Intensity_MeanIntensity"}
-NUISANCE = {"cell size": "Actin_AreaShape_Area", "cell x": "Actin_AreaShape_Center_X",
-            "cell y": "Actin_AreaShape_Center_Y", "cell elongation": "Actin_AreaShape_Eccentricity"}
+
+def _validity():
+    """benchmarks/validity.py, loaded by path (the benchmarks are scripts, not a package)."""
+    if "validity" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("validity", Path(__file__).resolve().with_name("validity.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["validity"] = mod  # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+    return sys.modules["validity"]
 
 
-def main(exp: Path) -> int:
-    res = json.loads((exp / "results.json").read_text())
-    print(f"{'attribute':<42} {'flips':>6} " + " ".join(f"{'|r| ' + f:>20}" for f in FACTORS) + "  max nuisance drift")
-    best = {f: None for f in FACTORS}
-    for a in res["attributes"]:
-        m = a["morphology"]
-        rs = {f: abs(m[col]["spearman_r"]) for f, col in FACTORS.items()}
-        drift = {n: max(abs(m[col]["change_at_max"]), abs(m[col]["change_at_min"])) for n, col in NUISANCE.items()}
-        worst = max(drift, key=drift.get)
-        label = f"{a['id']} {a['name']} ({'+' if a['sign'] > 0 else '-'})"
-        print(f"{label[:42]:<42} {a['flip_rate']:>6.0%} " + " ".join(f"{rs[f]:>20.2f}" for f in FACTORS)
-              + f"  {worst} {drift[worst]:+.0%}")
-        for f in FACTORS:
-            ok = rs[f] >= 0.8 and a["flip_rate"] >= 0.8 and drift[worst] < 0.10
-            other = [g for g in FACTORS if g != f]
-            specific = all(rs[g] < 0.5 for g in other)
-            if ok and specific:
-                best[f] = a["id"]
+def _print_attributes(res, v) -> None:
+    print(f"{'attribute':<28} {'rank':>4} {'flips (baseline)':>17} " + " ".join(f"{'r ' + f:>18}" for f in v.MEASURE)
+          + "  max nuisance drift")
+    for a in res.attributes:
+        drift, worst = v.nuisance_drift(a)
+        flips = f"{a.flip_rate:.0%} ({a.baseline_at_target:.0%})"
+        print(f"{a.id[:28]:<28} {a.rank:>4} {flips:>17} " + " ".join(f"{v.trend_r(a, col):>+18.2f}" for col in v.MEASURE.values())
+              + (f"  {worst} {drift:.0%}" if worst else "  –"))
+
+
+def _verdict(factor: str, s: dict) -> str:
+    """One factor's match and the criteria it fails, then the attributes that track it but were rejected, and why."""
+    rejected = "".join(f"\n  not a match: {k} {reason}" for k, reason in s["rejected"].items())
+    if s["attribute"] is None:
+        return f"{factor}: NOT matched" + (rejected or " (no attribute tracks it)")
+    failed = [k for k, ok in s["criteria"].items() if not ok]
+    return (f"{factor}: matched by {s['attribute']} (rank {s['rank']}, r {s['r']:+.2f}, other factor |r| {s['other_r']:.2f}, "
+            f"AUC {s['auc']:.2f}, p adj {s['p_adjusted']:.2g}, nuisance {s['nuisance_drift']:.0%}, "
+            f"outside the data {s['outside_share']:.0%}): " + ("passed" if not failed else "fails " + ", ".join(failed)) + rejected)
+
+
+def main(exp: Path, images: Path | None = None, factors: Path | None = None, differs: tuple[str, ...] | None = None) -> int:
+    """Print the attributes and each factor's verdict; 0 when every factor passes, else 1."""
+    from diffex.report.results import read_results
+
+    v = _validity()
+    exp = Path(exp)
+    res = read_results(exp / "results.json")
+    images = Path(images or res.images)
+    factors = Path(factors or images.parent / f"{images.name}_factors.csv")
+    if not factors.exists():
+        raise SystemExit(f"{factors}: no ground truth; pass --factors")
+    row = v.score(exp, images, factors, tuple(differs or v.MEASURE))
+    _print_attributes(res, v)
     print()
-    passed = True
-    for f, aid in best.items():
-        print(f"{f}: " + (f"matched by {aid}" if aid else "NOT matched by a specific attribute (|r| >= 0.8 with it, < 0.5 with the other factor, flips >= 80 %, nuisance < 10 %)"))
-        passed &= aid is not None
-    print("acceptance:", "PASSED" if passed else "FAILED")
-    return 0 if passed else 1
+    for f, s in row["factors"].items():
+        print(_verdict(f, s))
+    print("acceptance:", "PASSED" if row["passed"] else "FAILED")
+    return 0 if row["passed"] else 1
+
+
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", type=Path)
+    ap.add_argument("--images", type=Path, default=None, help="the real images (default: those of the experiment)")
+    ap.add_argument("--factors", type=Path, default=None, help="ground-truth CSV (default: <images>_factors.csv)")
+    ap.add_argument("--differs", action="append", default=None, help="factors the conditions differ in (default: both)")
+    args = ap.parse_args(argv)
+    return main(args.experiment, args.images, args.factors, tuple(args.differs) if args.differs else None)
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(cli())

@@ -9,20 +9,34 @@ Three configurations, each with its own classifier and diffusion model:
 
 For every direction method in the registry (``contrastive``, the DiffEx-style method, is the
 baseline row) it runs ``diffex explain`` with that method alone on the configuration's held-out
-images and scores the attributes against the ground truth, from the experiment folder only:
-
-- rank of each true factor: the first attribute (per target condition, by rank) whose traversal
-  changes that factor's measurement monotonically (median within-image |Spearman r| >= 0.7);
-- |r| of each true factor with strength, for the rank-1 attributes (mean over target conditions);
-- flip rate at the reported strength (rank-1 attributes);
-- nuisance drift: the largest relative change of cell size, position or elongation at +-strength;
-- proximity: L1 (in units of the display range) and SSIM between the full-strength render and the
-  strength-0 render (the reconstruction), over the example hyperstacks;
-- realism: the morphology of full-strength renders against the real images: median |z| of the
-  measurements and the share of renders with any |z| > 4 (z against the real images' distribution).
+images and scores the attributes against the ground truth, from the experiment folder only
+(``results.json`` through :mod:`diffex.report.results`, ``morphology.csv``, the hyperstacks).
 
 The factors are measured on renders as: nuclear size -> ``DNA_AreaShape_Area``, cytoplasm
-brightness -> ``Actin_Intensity_MeanIntensity``.
+brightness -> ``Actin_Intensity_MeanIntensity``; nuisance: cell size, x, y and elongation.
+
+**Matching.** An attribute *matches* a true factor when (i) the median within-image |Spearman r|
+of the factor's measurement with strength is >= ``MATCH_R``; (ii) its sign is the ground truth's:
+positive strength moves images towards the attribute's target, so the measurement must rise when
+the target condition has the higher mean of the factor in the factors CSV and fall otherwise;
+(iii) its full-strength renders stay in the data: for the factor's measurement and each nuisance
+measurement, at most ``MAX_OUTSIDE_SHARE`` of the full-strength renders (the "random sample" rows
+of morphology.csv at the largest |strength|) lie outside the real images' 1st-99th percentile range.
+Of the matches, the lowest-ranked one that meets every criterion below is the factor's match
+(else the lowest-ranked one); attributes that track the factor but are rejected are reported with
+the reason ("wrong sign", "leaves the data").
+
+**Criteria** (per factor, on its match; all false when there is none): ``top3`` rank <= 3;
+``sign`` right sign; ``r`` |r| >= ``MIN_R``; ``specific`` |r| <= ``MAX_OTHER_R`` with every
+other factor's measurement; ``separation`` AUC >= ``MIN_AUC`` and Holm-adjusted p < ``MAX_P_ADJUSTED``;
+``nuisance`` the largest relative change of a nuisance measurement at +-strength < ``MAX_DRIFT``;
+``in_data`` as (iii). A factor passes when every criterion holds. Its flip rate is reported beside
+the share of images already at the target (baseline).
+
+Also, for the rank-1 attributes: proximity, L1 (in units of the display range) and SSIM between
+the full-strength render and the strength-0 render over the example hyperstacks; realism, the
+median |z| of the full-strength renders' measurements against the real images and the share of
+renders with any |z| > 4; and on the real images, how well each measurement tracks its true factor.
 
 Usage::
 
@@ -51,7 +65,21 @@ HERE = Path(__file__).resolve().parent / "validity"
 MEASURE = {"nucleus_radius": "DNA_AreaShape_Area", "actin_level": "Actin_Intensity_MeanIntensity"}
 NUISANCE = {"cell size": "Actin_AreaShape_Area", "cell x": "Actin_AreaShape_Center_X",
             "cell y": "Actin_AreaShape_Center_Y", "cell elongation": "Actin_AreaShape_Eccentricity"}
-MATCH_R = 0.7
+RANDOM = "random sample"  # morphology.csv Role of the images the trends are computed on
+
+MATCH_R = 0.7  # |r| from which an attribute tracks a factor (a match also needs the right sign and to stay in the data)
+TOP_RANK = 3  # a factor's match must be among the top 3 attributes of its target
+MIN_R = 0.8  # |r| of the match with its own factor
+MAX_OTHER_R = 0.3  # |r| of the match with every other factor
+MIN_AUC = 0.7  # separation of the conditions along the match
+MAX_P_ADJUSTED = 0.01
+MAX_DRIFT = 0.10  # largest relative change of a nuisance measurement at +-strength
+MAX_OUTSIDE_SHARE = 0.10  # share of full-strength renders outside the real data's range, per measurement
+DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of the data"
+MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
+CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
+FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
+           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst")
 
 # settings of the benchmark's explain runs (CPU-sized; the defaults otherwise)
 EXPLAIN = {"max_images": 120, "gradient_images": 32, "rank_images": 32, "max_attributes": 2, "directions_per_method": 4,
@@ -105,7 +133,10 @@ def prepare(root: Path, device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ scoring
-def _real_measurements(images: Path, size: int, channel_names: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+Real = tuple[list[str], dict[str, np.ndarray]]  # the real images' relative paths and measurements
+
+
+def _real_measurements(images: Path, size: int, channel_names: list[str]) -> Real:
     """Relative paths and morphology of the real images, at the models' size."""
     from diffex.data.dataset import discover, load_images, relative_path
     from diffex.report.morphology import measure_many
@@ -115,83 +146,224 @@ def _real_measurements(images: Path, size: int, channel_names: list[str]) -> tup
     return [relative_path(r.path, images) for r in recs], measure_many(imgs.raw, channel_names)
 
 
-def _proximity(exp: Path, att: dict, ranges: dict) -> tuple[list[float], list[float]]:
+def read_truth(factors: Path) -> list[dict]:
+    """Rows of the ground-truth CSV (path, condition, factor values as text)."""
+    import csv
+
+    with open(factors, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def expected_sign(truth: list[dict], factor: str, target: str) -> int:
+    """+1 when the target condition's images have the higher mean of ``factor`` (ground truth), else -1.
+
+    Positive strength moves images towards the target, so a right attribute's measurement rises
+    with strength (Spearman r > 0) exactly when this is +1.
+    """
+    mine = [float(r[factor]) for r in truth if r["condition"] == target]
+    rest = [float(r[factor]) for r in truth if r["condition"] != target]
+    if not mine or not rest:
+        raise SystemExit(f"ground truth: no images of condition {target!r}, or none of another condition")
+    return 1 if np.mean(mine) > np.mean(rest) else -1
+
+
+def trend_r(att, column: str) -> float:
+    """Median within-image Spearman r of a measurement with strength (0 when not measured)."""
+    t = att.morphology.get(column)
+    return float(t.spearman_r) if t is not None and np.isfinite(t.spearman_r) else 0.0
+
+
+def random_rows(rows: list[dict]) -> list[dict]:
+    """morphology.csv rows of the random sample (every row when there is no Role column)."""
+    return [r for r in rows if r.get("Role", RANDOM) == RANDOM]
+
+
+def full_strength(rows: list[dict], att_id: str) -> list[dict]:
+    """The attribute's rows at its largest |strength| (both ends of the traversal)."""
+    mine = [r for r in rows if str(r["attribute"]) == att_id]
+    if not mine:
+        return []
+    top = max(abs(r["Strength"]) for r in mine)
+    return [r for r in mine if np.isclose(abs(r["Strength"]), top)]
+
+
+def data_ranges(real: dict[str, np.ndarray], columns) -> dict[str, tuple[float, float]]:
+    """The real images' DATA_RANGE percentiles of each measurement (columns without finite values left out)."""
+    out = {}
+    for c in columns:
+        v = np.asarray(real.get(c, []), float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            lo, hi = np.percentile(v, DATA_RANGE)
+            out[c] = (float(lo), float(hi))
+    return out
+
+
+def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]]) -> tuple[float | None, str | None]:
+    """The largest share, over the measurements, of renders outside the real range, and that measurement.
+
+    A missing or non-finite measurement (no object found) is outside. (None, None) without renders.
+    """
+    if not rows:
+        return None, None
+    share, worst = 0.0, None
+    for c, (lo, hi) in ranges.items():
+        out = float(np.mean([not (isinstance(r.get(c), float) and lo <= r[c] <= hi) for r in rows]))
+        if out > share:
+            share, worst = out, c
+    return share, worst
+
+
+def nuisance_drift(att) -> tuple[float | None, str | None]:
+    """The largest relative change of a nuisance measurement at +-strength (unmeasured: inf), and which."""
+    drift = {n: float(np.nan_to_num(max(abs(t.change_at_max), abs(t.change_at_min)), nan=np.inf))
+             for n, c in NUISANCE.items() if (t := att.morphology.get(c)) is not None}
+    if not drift:
+        return None, None
+    worst = max(drift, key=drift.get)
+    return drift[worst], worst
+
+
+def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_flips: float = float("nan")) -> dict:
+    """The scores of one attribute as the match of ``factor`` (see FIGURES); ``top_flips``: its target's top-3 cumulative flip rate."""
+    col = MEASURE[factor]
+    drift, drift_worst = nuisance_drift(att)
+    share, share_worst = outside_share(full_strength(rows, att.id), {c: ranges[c] for c in (col, *NUISANCE.values()) if c in ranges})
+    return {"target": att.target, "rank": att.rank, "r": trend_r(att, col), "expected_sign": sign,
+            "other_r": max(abs(trend_r(att, MEASURE[g])) for g in MEASURE if g != factor),
+            "auc": att.separation_auc, "p_adjusted": att.separation_p_adjusted, "flip_rate": att.flip_rate,
+            "baseline_at_target": att.baseline_at_target, "n_eligible": att.n_eligible, "top_flips": top_flips,
+            "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst}
+
+
+def criteria(fig: dict) -> dict[str, bool]:
+    """Pass/fail of each criterion (see CRITERIA) for an attribute's figures; all False without an attribute."""
+    if fig["rank"] is None:
+        return dict.fromkeys(CRITERIA, False)
+    return {
+        "top3": fig["rank"] <= TOP_RANK,
+        "sign": bool(np.sign(fig["r"]) == fig["expected_sign"]),
+        "r": abs(fig["r"]) >= MIN_R,
+        "specific": fig["other_r"] <= MAX_OTHER_R,
+        "separation": bool(fig["auc"] >= MIN_AUC and fig["p_adjusted"] < MAX_P_ADJUSTED),
+        "nuisance": fig["nuisance_drift"] is not None and fig["nuisance_drift"] < MAX_DRIFT,
+        "in_data": fig["outside_share"] is not None and fig["outside_share"] <= MAX_OUTSIDE_SHARE,
+        "flips": bool(fig["top_flips"] >= MIN_TOP_FLIPS),
+    }
+
+
+def rejection(fig: dict) -> str | None:
+    """Why an attribute that tracks a factor is not a match of it (None: it is)."""
+    if not criteria(fig)["sign"]:
+        return f"wrong sign (r = {fig['r']:+.2f}, the ground truth says {'+' if fig['expected_sign'] > 0 else '-'})"
+    if fig["outside_share"] is None:
+        return "leaves the data (no full-strength renders in morphology.csv to check)"
+    if fig["outside_share"] > MAX_OUTSIDE_SHARE:
+        return f"leaves the data ({fig['outside_share']:.0%} of full-strength renders outside the real {fig['outside_worst']})"
+    return None
+
+
+def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict) -> dict:
+    """The match of one true factor among the attributes, its figures, criteria and the rejected attributes."""
+    col = MEASURE[factor]
+    matches, rejected = [], {}
+    for a in sorted(atts, key=lambda a: (a.rank, -abs(trend_r(a, col)))):
+        if abs(trend_r(a, col)) < MATCH_R:
+            continue
+        top_flips = max((b.cumulative_flip_rate for b in atts if b.target == a.target and b.rank <= TOP_RANK), default=float("nan"))
+        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips)
+        why = rejection(fig)
+        if why:
+            rejected[a.id] = why
+        else:
+            matches.append((a, fig))
+    if not matches:
+        fig = dict.fromkeys(FIGURES)
+        return {"attribute": None, **fig, "criteria": criteria(fig), "passed": False, "rejected": rejected}
+    a, fig = min(matches, key=lambda m: not all(criteria(m[1]).values()))  # first passing one, else the lowest rank
+    crit = criteria(fig)
+    return {"attribute": a.id, **fig, "criteria": crit, "passed": all(crit.values()), "rejected": rejected}
+
+
+def _proximity(exp: Path, att, ranges: dict) -> tuple[list[float], list[float]]:
+    """L1 (units of the display range) and SSIM between the full-strength and the strength-0 frame of each shown example."""
     from skimage.metrics import structural_similarity
 
     from diffex.report.folder import read_hyperstack
 
     chans = list(ranges)
     span = np.array([ranges[c][1] - ranges[c][0] for c in chans], float)
-    strengths = np.asarray(att["traversal"]["strengths"])
+    strengths = np.asarray(att.traversal.strengths)
     zero, full = int(np.argmin(np.abs(strengths))), len(strengths) - 1
     l1, ssim = [], []
-    for ex in att["traversal"].get("shown", []):
-        st = read_hyperstack(exp / "traversals" / ex["file"], len(chans))  # (F, C, H, W)
+    for ex in att.traversal.shown:
+        st = read_hyperstack(exp / "traversals" / ex.file, len(chans))  # (F, C, H, W)
         a, b = st[full] / span[:, None, None], st[zero] / span[:, None, None]
         l1.append(float(np.abs(a - b).mean()))
         ssim.append(float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(len(chans))])))
     return l1, ssim
 
 
-def score(exp: Path, images: Path, factors: Path, differs: tuple[str, ...]) -> dict:
-    """Score one finished experiment folder against the ground truth of its images."""
-    from diffex.report.folder import read_morphology
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
-    res = json.loads((exp / "results.json").read_text())
-    atts = res["attributes"]
-    out: dict = {"attributes": len(atts), "elapsed_s": res.get("elapsed_s")}
-    # rank of each true factor
-    for f in differs:
-        col = MEASURE[f]
-        ranks = [a["rank"] for a in atts if abs(a["morphology"].get(col, {}).get("spearman_r", 0.0)) >= MATCH_R]
-        out[f"rank_{f}"] = min(ranks) if ranks else None
-    # specificity: how much the attribute matched to a differing factor also moves the other factor
-    cross = []
-    for f in differs:
-        other = [g for g in MEASURE if g != f][0]
-        match = sorted((a for a in atts if abs(a["morphology"].get(MEASURE[f], {}).get("spearman_r", 0.0)) >= MATCH_R), key=lambda a: a["rank"])
-        if match and MEASURE[other] in match[0]["morphology"]:
-            cross.append(abs(match[0]["morphology"][MEASURE[other]]["spearman_r"]))
-    out["cross_r"] = max(cross) if cross else None
-    top = [a for a in atts if a["rank"] == 1]
-    for f in MEASURE:
-        vals = [abs(a["morphology"][MEASURE[f]]["spearman_r"]) for a in top if MEASURE[f] in a["morphology"]]
-        out[f"r_{f}"] = float(np.mean(vals)) if vals else None
-    out["flip_rate"] = float(np.mean([a["flip_rate"] for a in top])) if top else None
-    drift = [max(max(abs(a["morphology"][c]["change_at_max"]), abs(a["morphology"][c]["change_at_min"])) for c in NUISANCE.values())
-             for a in top]
-    out["nuisance_drift"] = float(np.mean(drift)) if drift else None
-    l1, ssim = [], []
-    for a in top:
-        x, y = _proximity(exp, a, res["display_ranges"])
-        l1 += x
-        ssim += y
-    out["l1"] = float(np.mean(l1)) if l1 else None
-    out["ssim"] = float(np.mean(ssim)) if ssim else None
-    # realism of full-strength renders against the real images' morphology
-    paths, real = _real_measurements(images, int(res["diffusion_model"]["image_size"]), res["channel_names"])
-    # how well each factor's measurement tracks the true factor on the real images (the proxy's validity)
-    import csv
 
+def proximity(exp: Path, top: list, display_ranges: dict) -> dict:
+    """Mean L1 and SSIM over the shown examples of the given attributes."""
+    pairs = [_proximity(exp, a, display_ranges) for a in top if a.traversal is not None]
+    return {"l1": _mean([v for p in pairs for v in p[0]]), "ssim": _mean([v for p in pairs for v in p[1]])}
+
+
+def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict]) -> dict:
+    """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity)."""
     from scipy.stats import spearmanr
 
-    truth = {r["path"]: r for r in csv.DictReader(open(factors))}
+    by_path = {r["path"]: r for r in truth}
+    out = {}
     for f, col in MEASURE.items():
-        pairs = [(float(truth[p][f]), v) for p, v in zip(paths, real[col]) if p in truth and np.isfinite(v)]
+        pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)]
         out[f"proxy_r_{f}"] = float(spearmanr(*zip(*pairs))[0]) if len(pairs) > 2 else None
-    cols = [c for c in real if np.isfinite(real[c]).sum() > 2 and np.nanstd(real[c]) > 0 and "Center" not in c]
-    rows = [r for r in read_morphology(exp / "morphology.csv")
-            if any(r["attribute"] == a["id"] for a in top) and abs(r["Strength"]) == max(abs(s) for s in top[0]["traversal"]["strengths"])] if top else []
-    if rows:
-        z = np.array([[(r[c] - np.nanmean(real[c])) / np.nanstd(real[c]) if isinstance(r.get(c), float) else np.nan for c in cols] for r in rows])
-        out["realism_median_abs_z"] = float(np.nanmedian(np.abs(z)))
-        out["realism_share_any_z_over_4"] = float(np.mean(np.nanmax(np.abs(np.nan_to_num(z, nan=99.0)), axis=1) > 4))
-    else:
-        out["realism_median_abs_z"] = out["realism_share_any_z_over_4"] = None
     return out
 
 
+def realism(rows: list[dict], top: list, real: dict[str, np.ndarray]) -> dict:
+    """Median |z| of the full-strength renders' measurements against the real images, and the share with any |z| > 4."""
+    cols = [c for c in real if np.isfinite(real[c]).sum() > 2 and np.nanstd(real[c]) > 0 and "Center" not in c]
+    full = [r for a in top for r in full_strength(rows, a.id)]
+    if not full or not cols:
+        return {"realism_median_abs_z": None, "realism_share_any_z_over_4": None}
+    z = np.array([[(r[c] - np.nanmean(real[c])) / np.nanstd(real[c]) if isinstance(r.get(c), float) else np.nan for c in cols]
+                  for r in full])
+    return {"realism_median_abs_z": float(np.nanmedian(np.abs(z))),
+            "realism_share_any_z_over_4": float(np.mean(np.nanmax(np.abs(np.nan_to_num(z, nan=99.0)), axis=1) > 4))}
+
+
+def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...], real: Real | None = None) -> dict:
+    """Score one finished experiment folder against the ground truth of its images.
+
+    ``real``: the real images' (relative paths, measurements); measured from ``images`` when None.
+    """
+    from diffex.report.folder import read_morphology
+    from diffex.report.results import read_results
+
+    res = read_results(exp / "results.json")
+    paths, meas = real if real is not None else _real_measurements(images, res.diffusion_model.image_size, res.channel_names)
+    truth = read_truth(factors)
+    rows = random_rows(read_morphology(exp / "morphology.csv"))
+    ranges = data_ranges(meas, [*MEASURE.values(), *NUISANCE.values()])
+    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges) for f in differs}
+    top = [a for a in res.attributes if a.rank == 1]
+    return {"attributes": len(res.attributes), "elapsed_s": res.elapsed_s, "factors": per_factor,
+            "passed": all(v["passed"] for v in per_factor.values()),
+            **proximity(exp, top, res.display_ranges), **proxy_validity(paths, meas, truth), **realism(rows, top, meas)}
+
+
 # ------------------------------------------------------------------------------------ running
+def gate_passed(diffusion: Path) -> bool:
+    """Whether the diffusion model passed its quality gate (from its diffex.json)."""
+    return bool(json.loads((diffusion / "diffex.json").read_text()).get("quality_gate", {}).get("passed"))
+
+
 def run(root: Path, out: Path, device: str, methods: list[str] | None = None, configs: list[str] | None = None) -> list[dict]:
     from diffex.explain.directions import list_methods
 
@@ -222,33 +394,76 @@ def run(root: Path, out: Path, device: str, methods: list[str] | None = None, co
                     shutil.copytree(exp / "cache" / "inversions", shared)
             row = {"configuration": cfg.name, "method": m, "differs": list(cfg.differs),
                    **score(exp, p["images"], p["factors"], cfg.differs)}
-            gate = json.loads((p["diffusion"] / "diffex.json").read_text()).get("quality_gate", {})
-            row["diffusion_gate_passed"] = bool(gate.get("passed"))
+            row["diffusion_gate_passed"] = gate_passed(p["diffusion"])
             rows.append(row)
     return rows
+
+
+def _mark(ok: bool) -> str:
+    return " ✓" if ok else " ✗"
+
+
+def _match_cell(v: dict, c: dict) -> str:
+    if v["attribute"]:
+        return v["attribute"]
+    why = "; ".join(f"{k} {reason.split(' (')[0]}" for k, reason in v["rejected"].items())
+    return "none" + (f" ({why})" if why else "")
+
+
+# per-factor columns of the table: header -> cell of one factor's score v with its criteria c; the columns after
+# the first two only for a matched factor
+PASSED = "passed (nuclear size / cytoplasm)"
+FACTOR_COLUMNS = {
+    PASSED: lambda v, c: "✓" if v["passed"] else "✗",
+    "match": _match_cell,
+    f"rank ≤ {TOP_RANK}": lambda v, c: f"{v['rank']}{_mark(c['top3'])}",
+    f"r (right sign, abs ≥ {MIN_R})": lambda v, c: f"{v['r']:+.2f}{_mark(c['sign'] and c['r'])}",
+    f"abs r other factor ≤ {MAX_OTHER_R}": lambda v, c: f"{v['other_r']:.2f}{_mark(c['specific'])}",
+    f"AUC ≥ {MIN_AUC}, p adj < {MAX_P_ADJUSTED}": lambda v, c: f"{v['auc']:.2f}, p {v['p_adjusted']:.2g}{_mark(c['separation'])}",
+    "flip rate (baseline)": lambda v, c: f"{v['flip_rate']:.0%} ({v['baseline_at_target']:.0%})",
+    f"top-{TOP_RANK} flips ≥ {MIN_TOP_FLIPS:.0%}": lambda v, c: f"{v['top_flips']:.0%}{_mark(c['flips'])}",
+    f"nuisance drift < {MAX_DRIFT:.0%}": lambda v, c: f"{v['nuisance_drift']:.0%}{_mark(c['nuisance'])}",
+    f"renders outside data ≤ {MAX_OUTSIDE_SHARE:.0%}": lambda v, c: f"{v['outside_share']:.0%}{_mark(c['in_data'])}",
+}
+FACTOR_NAMES = {"nucleus_radius": "nuclear size", "actin_level": "cytoplasm"}
+
+
+def _factor_cell(row: dict, header: str) -> str:
+    """One column's cells of every factor, 'nuclear size / cytoplasm'; n/a for a factor that does not differ."""
+    cells = []
+    for f in MEASURE:
+        v = row["factors"].get(f)
+        if v is None:
+            cells.append("n/a")
+        elif v["attribute"] is None and header not in (PASSED, "match"):
+            cells.append("–")
+        else:
+            cells.append(FACTOR_COLUMNS[header](v, v["criteria"]))
+    return " / ".join(cells)
 
 
 def _fmt(v, pct=False) -> str:
     if v is None:
         return "–"
+    if isinstance(v, bool):
+        return "✓" if v else "✗"
     if isinstance(v, float):
         return f"{v:.0%}" if pct else f"{v:.2f}"
     return str(v)
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table of the scored runs."""
-    head = ("| configuration (differs in) | method | rank nuclear size | rank cytoplasm brightness | other factor's abs r on the match | "
-            "abs r nuclear size | abs r cytoplasm | flip rate | nuisance drift | L1 | SSIM | realism median abs z | renders with abs z > 4 |\n|"
-            + "---|" * 13)
-    lines = [head]
+    """Markdown table of the scored runs: one row per configuration x method; per-factor cells 'nuclear size / cytoplasm'."""
+    heads = ["configuration (differs in)", "method", *FACTOR_COLUMNS, "L1 (rank 1)", "SSIM (rank 1)",
+             "realism median abs z", "renders with abs z > 4", "diffusion gate"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
-        diff = ", ".join({"nucleus_radius": "nuclear size", "actin_level": "cytoplasm"}[f] for f in r["differs"])
-        rank_n = _fmt(r.get("rank_nucleus_radius")) if "nucleus_radius" in r["differs"] else "(not a factor)"
-        rank_a = _fmt(r.get("rank_actin_level")) if "actin_level" in r["differs"] else "(not a factor)"
-        lines.append(f"| {r['configuration']} ({diff}) | {r['method']}{' (baseline)' if r['method'] == 'contrastive' else ''} | {rank_n} | {rank_a} | "
-                     f"{_fmt(r.get('cross_r'))} | {_fmt(r['r_nucleus_radius'])} | {_fmt(r['r_actin_level'])} | {_fmt(r['flip_rate'], True)} | {_fmt(r['nuisance_drift'], True)} | "
-                     f"{_fmt(r['l1'])} | {_fmt(r['ssim'])} | {_fmt(r['realism_median_abs_z'])} | {_fmt(r['realism_share_any_z_over_4'], True)} |")
+        diff = ", ".join(FACTOR_NAMES[f] for f in r["differs"])
+        method = r["method"] + (" (baseline)" if r["method"] == "contrastive" else "")
+        cells = [f"{r['configuration']} ({diff})", method, *(_factor_cell(r, h) for h in FACTOR_COLUMNS),
+                 _fmt(r["l1"]), _fmt(r["ssim"]), _fmt(r["realism_median_abs_z"]), _fmt(r["realism_share_any_z_over_4"], True),
+                 _fmt(r.get("diffusion_gate_passed"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -45,18 +45,26 @@ def test_validity_scoring_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path
     validity = _load("validity")
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
     row = validity.score(res.out, cells, cells.parent / "cells_factors.csv", ("nucleus_radius", "actin_level"))
-    top = [a for a in res.attributes if a.rank == 1]
     assert row["attributes"] == len(res.attributes)
-    assert row["flip_rate"] == np.mean([a.flip_rate for a in top])
-    assert 0 <= row["l1"] and -1 <= row["ssim"] <= 1
+    assert set(row["factors"]) == {"nucleus_radius", "actin_level"}
+    by_id = {a.id: a for a in res.attributes}
+    for name, f in row["factors"].items():  # a match's figures are its attribute's
+        if f["attribute"] is not None:
+            a = by_id[f["attribute"]]
+            assert (f["rank"], f["flip_rate"], f["auc"]) == (a.rank, a.flip_rate, a.separation_auc)
+            assert np.isclose(f["r"], a.morphology[validity.MEASURE[name]].spearman_r) and np.sign(f["r"]) == f["expected_sign"]
+        assert f["passed"] == (f["attribute"] is not None and all(f["criteria"].values()))
+    assert row["passed"] == all(f["passed"] for f in row["factors"].values())
     # nuclear area measured on the real images follows the true nucleus radius
     assert row["proxy_r_nucleus_radius"] > 0.5
-    md = validity.table([{"configuration": "tiny", "method": "gradient", "differs": ["nucleus_radius"], **row}])
-    assert md.count("\n") == 2 and "(not a factor)" in md
+    md = validity.table([{"configuration": "tiny", "method": "gradient", "differs": ["nucleus_radius"], **row,
+                          "factors": {"nucleus_radius": row["factors"]["nucleus_radius"]}}])
+    assert md.count("\n") == 2 and "/ n/a |" in md
 
 
 def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
     """The benchmark's run loop end to end (explain through the CLI, scoring, table) on tiny models."""
+    import json
     import shutil
 
     validity = _load("validity")
@@ -73,5 +81,8 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     rows = validity.run(root, tmp_path / "out", "cpu", methods=["gradient", "pca"])
     assert [r["method"] for r in rows] == ["gradient", "pca"]
     assert (tmp_path / "out" / "tiny" / "inversions").is_dir()  # shared by the second method
-    assert all(r["diffusion_gate_passed"] in (True, False) and r["attributes"] >= 0 for r in rows)
+    gate = json.loads((root / "tiny" / "diffusion" / "diffex.json").read_text())["quality_gate"]["passed"]
+    assert gate == tiny_diffusion[2]["passed"]
+    assert [r["diffusion_gate_passed"] for r in rows] == [gate, gate]
+    assert all(set(r["factors"]) == {"nucleus_radius"} for r in rows)
     assert validity.table(rows).count("\n") == 3
