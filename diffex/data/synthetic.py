@@ -114,6 +114,63 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (n - n.mean()) / (n.std() + 1e-8)
 
 
+def _draw(rng: np.random.Generator, cf: ConditionFactors, spec: SyntheticSpec) -> dict[str, float]:
+    """Every random factor of one cell, drawn in a fixed order (positions in pixels of the output size)."""
+    scale = spec.size / 64.0
+    f = {"nucleus_radius": max(3.0, rng.normal(cf.nucleus_radius_mean, spec.nucleus_radius_sd)),
+         "actin_level": float(np.clip(rng.normal(cf.actin_level_mean, spec.actin_level_sd), 0.05, 1.0))}
+    f["cell_radius"] = max(f["nucleus_radius"] + 5.0, rng.normal(spec.cell_radius_mean, spec.cell_radius_sd))
+    f["cell_elong"] = rng.uniform(1.0, 1.5)
+    f["theta"] = rng.uniform(0.0, math.pi)
+    f["cx"] = spec.size / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
+    f["cy"] = spec.size / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
+    f["nuc_elong"] = rng.uniform(1.0, 1.3)
+    f["nuc_theta"] = f["theta"] + rng.normal(0.0, 0.3)
+    f["nuc_off"] = rng.uniform(0.0, 0.25) * (f["cell_radius"] - f["nucleus_radius"])
+    f["nuc_off_angle"] = rng.uniform(0.0, 2 * math.pi)
+    f["gain"] = float(np.exp(rng.normal(0.0, spec.brightness_gain_sd)))
+    f["background"] = rng.uniform(*spec.background_range)
+    f["noise_sd"] = rng.uniform(*spec.noise_sd_range)
+    return f
+
+
+def _rotated(xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (H, W) in a frame centred at (cx, cy) and rotated by ``angle``."""
+    dx, dy = xx - cx, yy - cy
+    return dx * math.cos(angle) + dy * math.sin(angle), -dx * math.sin(angle) + dy * math.cos(angle)
+
+
+def _actin(rng: np.random.Generator, f: dict, xx: np.ndarray, yy: np.ndarray, scale: float) -> np.ndarray:
+    """Cytoplasm (H, W): an ellipse whose boundary is perturbed by low harmonics, actin fibres along its long axis and a rim."""
+    s = xx.shape[0]
+    u, v = _rotated(xx, yy, f["cx"], f["cy"], f["theta"])
+    r_cell = f["cell_radius"] * scale
+    a_cell, b_cell = r_cell * math.sqrt(f["cell_elong"]), r_cell / math.sqrt(f["cell_elong"])
+    phi = np.arctan2(v, u)
+    wobble = 1.0
+    for k in (2, 3, 5):
+        wobble = wobble + rng.uniform(0.0, 0.06) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
+    rho_cell = np.sqrt((u / a_cell) ** 2 + (v / b_cell) ** 2) / wobble
+    cell_mask = 1.0 / (1.0 + np.exp((rho_cell - 1.0) * 12.0))  # soft edge
+    fib = ndimage.gaussian_filter(rng.standard_normal((s, s)), (0.7 * scale, 3.0 * scale))
+    fib = ndimage.rotate(fib, -math.degrees(f["theta"]), reshape=False, mode="reflect")
+    fib = (fib - fib.mean()) / (fib.std() + 1e-8)
+    rim = np.exp(-((rho_cell - 0.92) ** 2) / 0.01)
+    return f["actin_level"] * cell_mask * (1.0 + 0.35 * fib) + 0.25 * f["actin_level"] * rim * cell_mask
+
+
+def _nucleus(rng: np.random.Generator, f: dict, xx: np.ndarray, yy: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Nucleus mask and DNA signal (H, W) with chromatin texture, and its area in pixels."""
+    ncx = f["cx"] + f["nuc_off"] * scale * math.cos(f["nuc_off_angle"])
+    ncy = f["cy"] + f["nuc_off"] * scale * math.sin(f["nuc_off_angle"])
+    nu, nv = _rotated(xx, yy, ncx, ncy, f["nuc_theta"])
+    r_nuc = f["nucleus_radius"] * scale
+    a_nuc, b_nuc = r_nuc * math.sqrt(f["nuc_elong"]), r_nuc / math.sqrt(f["nuc_elong"])
+    nuc_mask = 1.0 / (1.0 + np.exp((np.sqrt((nu / a_nuc) ** 2 + (nv / b_nuc) ** 2) - 1.0) * 14.0))
+    chromatin = _smooth_noise(rng, xx.shape, 1.2 * scale)
+    return nuc_mask, nuc_mask * (0.8 + 0.15 * chromatin), float(math.pi * a_nuc * b_nuc)
+
+
 def render_cell(
     rng: np.random.Generator, condition: str, spec: SyntheticSpec
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -128,84 +185,22 @@ def render_cell(
     """
     if condition not in spec.conditions:
         raise DiffexError(f"unknown condition {condition!r}; spec has {sorted(spec.conditions)}")
-    cf = spec.conditions[condition]
-    s = spec.size
-    scale = s / 64.0
-
-    # --- factors -----------------------------------------------------------------------------
-    nucleus_radius = max(3.0, rng.normal(cf.nucleus_radius_mean, spec.nucleus_radius_sd))
-    actin_level = float(np.clip(rng.normal(cf.actin_level_mean, spec.actin_level_sd), 0.05, 1.0))
-    cell_radius = max(nucleus_radius + 5.0, rng.normal(spec.cell_radius_mean, spec.cell_radius_sd))
-    cell_elong = rng.uniform(1.0, 1.5)
-    theta = rng.uniform(0.0, math.pi)
-    cx = s / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
-    cy = s / 2 + rng.uniform(-spec.position_jitter, spec.position_jitter) * scale
-    nuc_elong = rng.uniform(1.0, 1.3)
-    nuc_theta = theta + rng.normal(0.0, 0.3)
-    nuc_off = rng.uniform(0.0, 0.25) * (cell_radius - nucleus_radius)
-    nuc_off_angle = rng.uniform(0.0, 2 * math.pi)
-    gain = float(np.exp(rng.normal(0.0, spec.brightness_gain_sd)))
-    background = rng.uniform(*spec.background_range)
-    noise_sd = rng.uniform(*spec.noise_sd_range)
-
+    s, scale = spec.size, spec.size / 64.0
+    f = _draw(rng, spec.conditions[condition], spec)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
-
-    # --- cell body: an ellipse whose boundary is perturbed by low harmonics ---------------------
-    dx, dy = xx - cx, yy - cy
-    u = dx * math.cos(theta) + dy * math.sin(theta)
-    v = -dx * math.sin(theta) + dy * math.cos(theta)
-    r_cell = cell_radius * scale
-    a_cell, b_cell = r_cell * math.sqrt(cell_elong), r_cell / math.sqrt(cell_elong)
-    phi = np.arctan2(v, u)
-    wobble = 1.0
-    for k in (2, 3, 5):
-        wobble = wobble + rng.uniform(0.0, 0.06) * np.cos(k * phi + rng.uniform(0, 2 * math.pi))
-    rho_cell = np.sqrt((u / a_cell) ** 2 + (v / b_cell) ** 2) / wobble
-    cell_mask = 1.0 / (1.0 + np.exp((rho_cell - 1.0) * 12.0))  # soft edge
-
-    # Actin fibres: noise smoothed along the cell's long axis, plus a cortical rim.
-    fib = ndimage.gaussian_filter(rng.standard_normal((s, s)), (0.7 * scale, 3.0 * scale))
-    fib = ndimage.rotate(fib, -math.degrees(theta), reshape=False, mode="reflect")
-    fib = (fib - fib.mean()) / (fib.std() + 1e-8)
-    rim = np.exp(-((rho_cell - 0.92) ** 2) / 0.01)
-    actin = actin_level * cell_mask * (1.0 + 0.35 * fib) + 0.25 * actin_level * rim * cell_mask
-
-    # --- nucleus ---------------------------------------------------------------------------------
-    ncx = cx + nuc_off * scale * math.cos(nuc_off_angle)
-    ncy = cy + nuc_off * scale * math.sin(nuc_off_angle)
-    ndx, ndy = xx - ncx, yy - ncy
-    nu = ndx * math.cos(nuc_theta) + ndy * math.sin(nuc_theta)
-    nv = -ndx * math.sin(nuc_theta) + ndy * math.cos(nuc_theta)
-    r_nuc = nucleus_radius * scale
-    a_nuc, b_nuc = r_nuc * math.sqrt(nuc_elong), r_nuc / math.sqrt(nuc_elong)
-    rho_nuc = np.sqrt((nu / a_nuc) ** 2 + (nv / b_nuc) ** 2)
-    nuc_mask = 1.0 / (1.0 + np.exp((rho_nuc - 1.0) * 14.0))
-    chromatin = _smooth_noise(rng, (s, s), 1.2 * scale)
-    dna = nuc_mask * (0.8 + 0.15 * chromatin)
-    # The nucleus displaces some cytoplasm: actin is dimmer over it.
-    actin = actin * (1.0 - 0.5 * nuc_mask)
-
-    # --- optics and sensor -----------------------------------------------------------------------
-    psf = 0.8 * scale
-    dna = ndimage.gaussian_filter(dna, psf)
-    actin = ndimage.gaussian_filter(actin, psf)
-    img = np.stack([dna * spec.dna_peak, actin * spec.actin_peak]) * gain + background
-    img = img + rng.normal(0.0, noise_sd, img.shape)
+    actin = _actin(rng, f, xx, yy, scale)
+    nuc_mask, dna, nucleus_area = _nucleus(rng, f, xx, yy, scale)
+    actin = actin * (1.0 - 0.5 * nuc_mask)  # the nucleus displaces some cytoplasm: actin is dimmer over it
+    psf = 0.8 * scale  # optics and sensor
+    img = np.stack([ndimage.gaussian_filter(dna, psf) * spec.dna_peak, ndimage.gaussian_filter(actin, psf) * spec.actin_peak])
+    img = img * f["gain"] + f["background"]
+    img = img + rng.normal(0.0, f["noise_sd"], img.shape)
     img = np.clip(np.rint(img), 0, 65535).astype(np.uint16)
-
     factors = {
-        "nucleus_radius": float(nucleus_radius),
-        "nucleus_area_px": float(math.pi * a_nuc * b_nuc),
-        "actin_level": actin_level,
-        "cell_radius": float(cell_radius),
-        "cell_elongation": float(cell_elong),
-        "orientation_deg": float(math.degrees(theta)),
-        "center_x": float(cx),
-        "center_y": float(cy),
-        "nucleus_elongation": float(nuc_elong),
-        "brightness_gain": gain,
-        "background": float(background),
-        "noise_sd": float(noise_sd),
+        "nucleus_radius": float(f["nucleus_radius"]), "nucleus_area_px": nucleus_area, "actin_level": f["actin_level"],
+        "cell_radius": float(f["cell_radius"]), "cell_elongation": float(f["cell_elong"]), "orientation_deg": float(math.degrees(f["theta"])),
+        "center_x": float(f["cx"]), "center_y": float(f["cy"]), "nucleus_elongation": float(f["nuc_elong"]),
+        "brightness_gain": f["gain"], "background": float(f["background"]), "noise_sd": float(f["noise_sd"]),
     }
     return img, factors
 
@@ -222,6 +217,17 @@ def write_ome_tiff(path: Path, image: np.ndarray, channel_names: tuple[str, ...]
         metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)}},
         compression="zlib",
     )
+
+
+def _write_factors(path: Path, rows: list[dict]) -> None:
+    """The ground-truth CSV (path, condition, every factor), written under a temporary name and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "condition", *FACTOR_COLUMNS])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    tmp.replace(path)
 
 
 def generate_dataset(
@@ -277,12 +283,6 @@ def generate_dataset(
                 rel = f"{condition}/{condition}_{i:04d}.ome.tif"
                 write_ome_tiff(tmp / rel, img, CHANNEL_NAMES)
                 rows.append({"path": rel, "condition": condition, **factors})
-    tmp_gt = ground_truth.with_name(ground_truth.name + ".tmp")
-    with open(tmp_gt, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "condition", *FACTOR_COLUMNS])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp_gt.replace(ground_truth)
+    _write_factors(ground_truth, rows)
     log.info("wrote %d images to %s and factors to %s", len(rows), out, ground_truth)
     return ground_truth

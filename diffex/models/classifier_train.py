@@ -95,6 +95,48 @@ def evaluate(clf: Classifier, raw: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def _fit(module: torch.nn.Module, cfg: ClassifierTrainConfig, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int,
+         g: torch.Generator, dev: torch.device, show_progress: bool) -> None:
+    """AdamW with cosine decay, class-balanced cross-entropy, augmentation; trains ``module`` in place."""
+    # Balance classes in the loss so a skewed experiment does not just learn the prior.
+    counts = np.bincount(y_train.cpu().numpy(), minlength=n_classes)
+    weight = torch.tensor(len(y_train) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    module.train()
+    with make_progress(show_progress) as bar:
+        task = bar.add_task("training classifier", total=cfg.epochs, status="")
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(len(x_train), generator=g).to(dev)
+            tot, n = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if len(idx) < 2:  # batch norm needs 2+
+                    continue
+                loss = F.cross_entropy(module(augment(x_train[idx], cfg.augment, g)), y_train[idx], weight=weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot += loss.item() * len(idx)
+                n += len(idx)
+            bar.update(task, advance=1, status=f"loss {tot / max(n, 1):.3f}")
+
+
+def _training_record(cfg: ClassifierTrainConfig, data, images, train_idx, held_idx, held: dict, train_metrics: dict,
+                     duration: float, dev: torch.device, command: str) -> dict:
+    return {
+        "command": command, "config": to_dict(cfg), "images": str(images), "seed": cfg.seed, "n_train": int(len(train_idx)),
+        "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
+        "geometry": describe_geometry(cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
+        "train_accuracy": train_metrics["accuracy"], "heldout_accuracy": held["accuracy"],
+        "heldout_balanced_accuracy": held["balanced_accuracy"], "confusion_matrix": held["confusion_matrix"],
+        "duration_s": round(duration, 1), "device": str(dev), "device_name": describe_device(dev), "software": software_versions(),
+    }
+
+
 def train_classifier(
     images: str | Path,
     out: str | Path,
@@ -123,88 +165,26 @@ def train_classifier(
     labels = data.labels(class_names)
     train_idx, held_idx = split_heldout(labels, cfg.heldout_fraction, cfg.seed)
     norm = Normalization.fit(data.raw[train_idx], cfg.percentiles)
-
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     module = build_timm(cfg.arch, data.raw.shape[1], len(class_names)).to(dev)
     x_train = norm.forward(torch.from_numpy(data.raw[train_idx])).to(dev)  # (N, C, H, W)
-    y_train = torch.from_numpy(labels[train_idx]).to(dev)
-    # Balance classes in the loss so a skewed experiment does not just learn the prior.
-    counts = np.bincount(labels[train_idx], minlength=len(class_names))
-    weight = torch.tensor(len(train_idx) / (len(class_names) * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    log.info(
-        "training %s on %d images (%d held out), classes %s, on %s", cfg.arch, len(train_idx), len(held_idx), class_names, dev
-    )
+    log.info("training %s on %d images (%d held out), classes %s, on %s", cfg.arch, len(train_idx), len(held_idx), class_names, dev)
     t0 = time.perf_counter()
-    module.train()
-    with make_progress(show_progress) as bar:
-        task = bar.add_task("training classifier", total=cfg.epochs, status="")
-        for epoch in range(cfg.epochs):
-            perm = torch.randperm(len(x_train), generator=g).to(dev)
-            tot, n = 0.0, 0
-            for b in range(steps_per_epoch):
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if len(idx) < 2:  # batch norm needs 2+
-                    continue
-                x = augment(x_train[idx], cfg.augment, g)
-                loss = F.cross_entropy(module(x), y_train[idx], weight=weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * len(idx)
-                n += len(idx)
-            bar.update(task, advance=1, status=f"loss {tot / max(n, 1):.3f}")
+    _fit(module, cfg, x_train, torch.from_numpy(labels[train_idx]).to(dev), len(class_names), g, dev, show_progress)
     duration = time.perf_counter() - t0
-
-    info = ClassifierInfo(
-        class_names=tuple(class_names),
-        in_channels=data.raw.shape[1],
-        image_size=cfg.size,
-        normalization=norm,
-        channel_names=data.channel_names,
-        resize_mode=cfg.resize_mode,
-        arch=cfg.arch,
-        source=str(out),
-    )
+    info = ClassifierInfo(class_names=tuple(class_names), in_channels=data.raw.shape[1], image_size=cfg.size, normalization=norm,
+                          channel_names=data.channel_names, resize_mode=cfg.resize_mode, arch=cfg.arch, source=str(out))
     clf = Classifier(module, info)
     held = evaluate(clf, data.raw[held_idx], labels[held_idx])
     train_metrics = evaluate(clf, data.raw[train_idx], labels[train_idx])
-    training = {
-        "command": command,
-        "config": to_dict(cfg),
-        "images": str(images),
-        "seed": cfg.seed,
-        "n_train": int(len(train_idx)),
-        "n_heldout": int(len(held_idx)),
-        "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
-        "geometry": describe_geometry(cfg.resize_mode, cfg.size),
-        "original_shape": list(data.original_shape),
-        "train_accuracy": train_metrics["accuracy"],
-        "heldout_accuracy": held["accuracy"],
-        "heldout_balanced_accuracy": held["balanced_accuracy"],
-        "confusion_matrix": held["confusion_matrix"],
-        "duration_s": round(duration, 1),
-        "device": str(dev),
-        "device_name": describe_device(dev),
-        "software": software_versions(),
-    }
+    training = _training_record(cfg, data, images, train_idx, held_idx, held, train_metrics, duration, dev, command)
     clf = Classifier(module.cpu().eval(), ClassifierInfo(**{**info.__dict__, "training": training}))
     clf.save(out, force=True)
-    metrics = {
-        "class_names": list(class_names),
-        "heldout_accuracy": held["accuracy"],
-        "heldout_balanced_accuracy": held["balanced_accuracy"],
-        "confusion_matrix": held["confusion_matrix"],
-        "train_accuracy": train_metrics["accuracy"],
-        "n_heldout": held["n_images"],
-    }
     log.info("held-out accuracy %.1f %% on %d images; model written to %s", 100 * held["accuracy"], len(held_idx), out)
-    return clf, metrics
+    return clf, {"class_names": list(class_names), "heldout_accuracy": held["accuracy"],
+                 "heldout_balanced_accuracy": held["balanced_accuracy"], "confusion_matrix": held["confusion_matrix"],
+                 "train_accuracy": train_metrics["accuracy"], "n_heldout": held["n_images"]}
 
 
 def config_from_yaml_dict(d: dict) -> ClassifierTrainConfig:

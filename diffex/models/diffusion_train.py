@@ -98,6 +98,117 @@ def _config_fingerprint(cfg: DiffusionTrainConfig) -> dict:
     return d
 
 
+@dataclass
+class _Run:
+    """The state of one training run: models, optimizer, random generator, progress."""
+
+    unet: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    g: torch.Generator
+    norm: Normalization
+    step: int = 0
+    elapsed: float = 0.0
+    loss_avg: float = float("nan")
+
+
+def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.device, state_path: Path) -> _Run:
+    """Fresh models, optimizer and generator (seeded), or the saved state when the settings match."""
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg.unet, in_channels, cfg.size).to(dev)
+    ema = build_unet(cfg.unet, in_channels, cfg.size).to(dev)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), Normalization.fit(train_raw, cfg.percentiles))
+    if not state_path.exists():
+        return run
+    state = torch.load(state_path, map_location=dev, weights_only=True)
+    saved, now = json.loads(state["fingerprint"]), _config_fingerprint(cfg)
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise DiffexError(f"{state_path}: training state was made with other settings ({', '.join(diff)}); "
+                          f"use another --out or delete {state_path.parent}")
+    unet.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    run.g.set_state(state["generator"])
+    run.step, run.elapsed, run.loss_avg = int(state["step"]), float(state["elapsed_s"]), float(state["loss_avg"])
+    run.norm = Normalization.from_dict(json.loads(state["normalization"]))
+    log.info("resuming from step %d of %d (%s)", run.step, cfg.steps, state_path)
+    return run
+
+
+def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path) -> None:
+    state = {"step": run.step, "elapsed_s": run.elapsed, "loss_avg": run.loss_avg, "model": run.unet.state_dict(),
+             "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(), "generator": run.g.get_state(),
+             "fingerprint": json.dumps(_config_fingerprint(cfg)), "normalization": json.dumps(run.norm.to_dict())}
+    with atomic_file(state_path, "wb") as fh:
+        torch.save(state, fh)
+
+
+def _train_step(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp: torch.Tensor, dev: torch.device) -> float:
+    """One optimizer step of the epsilon-prediction loss; EMA update; returns the loss."""
+    g = run.g
+    idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=g)
+    x0 = augment(x_train[idx.to(dev)], cfg.augment, g)  # (B, C, H, W)
+    noise = torch.randn(x0.shape, generator=g).to(dev)
+    t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(dev)
+    a = acp[t][:, None, None, None]
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    for group in run.opt.param_groups:
+        group["lr"] = cfg.lr * _lr_factor(run.step, cfg.warmup_steps)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        pred = run.unet(xt, t).sample
+    loss = F.mse_loss(pred.float(), noise)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(run.unet.parameters())
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    run.opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(run.ema.parameters()), params, 1 - _ema_decay(run.step, cfg.ema_max_decay))
+    return loss.item()
+
+
+def _train_loop(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp: torch.Tensor, dev: torch.device,
+                state_path: Path, show_progress: bool) -> None:
+    """Steps until ``cfg.steps``, checkpointing every ``checkpoint_every`` steps and at the end."""
+    with make_progress(show_progress) as bar:
+        task = bar.add_task("training diffusion model", total=cfg.steps, completed=run.step, status="")
+        t_last = time.perf_counter()
+        while run.step < cfg.steps:
+            lv = _train_step(run, cfg, x_train, acp, dev)
+            run.loss_avg = lv if math.isnan(run.loss_avg) else 0.98 * run.loss_avg + 0.02 * lv
+            run.step += 1
+            now = time.perf_counter()
+            run.elapsed += now - t_last
+            t_last = now
+            bar.update(task, completed=run.step, status=f"loss {run.loss_avg:.4f}")
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                _save_state(run, cfg, state_path)
+
+
+def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_idx, held_idx, dev, command: str) -> dict:
+    return {
+        "command": command, "config": to_dict(cfg), "images": str(images), "n_train": int(len(train_idx)),
+        "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
+        "geometry": describe_geometry(cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
+        "parameters": count_parameters(run.unet), "final_loss": run.loss_avg, "duration_s": round(run.elapsed, 1),
+        "device": str(dev), "device_name": describe_device(dev), "software": software_versions(),
+    }
+
+
+def _load_split(images, cfg: DiffusionTrainConfig, axes: str | None, show_progress: bool):
+    """The images at the model size and a stratified (train, held-out) split of them."""
+    data = load_images(discover(images), cfg.size, cfg.resize_mode, axes=axes, show_progress=show_progress)
+    labels = data.labels()
+    if len(labels) < 10:
+        raise DiffexError(f"{images}: {len(labels)} image(s) are too few to train a diffusion model")
+    train_idx, held_idx = split_heldout(labels, cfg.heldout_fraction, cfg.seed)
+    return data, train_idx, held_idx
+
+
 def train_diffusion(
     images: str | Path,
     out: str | Path,
@@ -137,132 +248,23 @@ def train_diffusion(
     out = Path(out)
     refuse_overwrite(out, force, "diffusion model")
     dev = resolve_device(device)
-    work = _work_dir(out)
-    work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.pt"
-
-    records = discover(images)
-    data = load_images(records, cfg.size, cfg.resize_mode, axes=axes, show_progress=show_progress)
-    labels = data.labels()
-    if len(labels) < 10:
-        raise DiffexError(f"{images}: {len(labels)} image(s) are too few to train a diffusion model")
-    train_idx, held_idx = split_heldout(labels, cfg.heldout_fraction, cfg.seed)
+    state_path = _work_dir(out) / "state.pt"
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    data, train_idx, held_idx = _load_split(images, cfg, axes, show_progress)
     train_raw, held_raw = data.raw[train_idx], data.raw[held_idx]
-
-    torch.manual_seed(cfg.seed)
-    unet = build_unet(cfg.unet, data.raw.shape[1], cfg.size).to(dev)
-    ema = build_unet(cfg.unet, data.raw.shape[1], cfg.size).to(dev)
-    ema.load_state_dict(unet.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    step, elapsed, loss_avg = 0, 0.0, float("nan")
-    norm = Normalization.fit(train_raw, cfg.percentiles)
-
-    if state_path.exists():
-        state = torch.load(state_path, map_location=dev, weights_only=True)
-        saved = json.loads(state["fingerprint"])
-        if saved != _config_fingerprint(cfg):
-            diff = sorted(k for k in set(saved) | set(_config_fingerprint(cfg)) if saved.get(k) != _config_fingerprint(cfg).get(k))
-            raise DiffexError(
-                f"{state_path}: training state was made with other settings ({', '.join(diff)}); "
-                f"use another --out or delete {work}"
-            )
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        g.set_state(state["generator"])
-        step, elapsed, loss_avg = int(state["step"]), float(state["elapsed_s"]), float(state["loss_avg"])
-        norm = Normalization.from_dict(json.loads(state["normalization"]))
-        log.info("resuming from step %d of %d (%s)", step, cfg.steps, state_path)
-
-    info = DiffusionInfo(
-        in_channels=data.raw.shape[1],
-        image_size=cfg.size,
-        channel_names=data.channel_names,
-        normalization=norm,
-        resize_mode=cfg.resize_mode,
-        source=str(out),
-    )
-    model = DiffusionModel(unet, default_scheduler_config(cfg.num_train_timesteps, cfg.beta_schedule), info)
+    run = _start(cfg, data.raw.shape[1], train_raw, dev, state_path)
+    info = DiffusionInfo(in_channels=data.raw.shape[1], image_size=cfg.size, channel_names=data.channel_names,
+                         normalization=run.norm, resize_mode=cfg.resize_mode, source=str(out))
+    model = DiffusionModel(run.unet, default_scheduler_config(cfg.num_train_timesteps, cfg.beta_schedule), info)
     model.unet.train()
     x_train = model.to_model_space(torch.from_numpy(train_raw)).to(dev)  # (N, C, H, W) in [-1, 1]
-    acp = model.alphas_cumprod.to(dev, torch.float32)
-    params = [p for p in unet.parameters()]
-    ema_params = [p for p in ema.parameters()]
-    autocast = dev.type == "cuda"
-
-    def save_state() -> None:
-        state = {
-            "step": step,
-            "elapsed_s": elapsed,
-            "loss_avg": loss_avg,
-            "model": unet.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": g.get_state(),
-            "fingerprint": json.dumps(_config_fingerprint(cfg)),
-            "normalization": json.dumps(norm.to_dict()),
-        }
-        with atomic_file(state_path, "wb") as fh:
-            torch.save(state, fh)
-
-    log.info(
-        "training a %.2f M-parameter UNet on %d images (%d held out) at %dx%d on %s",
-        count_parameters(unet) / 1e6, len(train_idx), len(held_idx), cfg.size, cfg.size, dev,
-    )
-    with make_progress(show_progress) as bar:
-        task = bar.add_task("training diffusion model", total=cfg.steps, completed=step, status="")
-        t_last = time.perf_counter()
-        while step < cfg.steps:
-            idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=g)
-            x0 = augment(x_train[idx.to(dev)], cfg.augment, g)
-            noise = torch.randn(x0.shape, generator=g).to(dev)
-            t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(dev)
-            a = acp[t][:, None, None, None]
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = unet(xt, t).sample
-            loss = F.mse_loss(pred.float(), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1 - _ema_decay(step, cfg.ema_max_decay))
-            lv = loss.item()
-            loss_avg = lv if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * lv
-            step += 1
-            now = time.perf_counter()
-            elapsed += now - t_last
-            t_last = now
-            bar.update(task, completed=step, status=f"loss {loss_avg:.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_state()
-
-    ema_model = DiffusionModel(ema.eval(), model.scheduler_config, info)
+    log.info("training a %.2f M-parameter UNet on %d images (%d held out) at %dx%d on %s",
+             count_parameters(run.unet) / 1e6, len(train_idx), len(held_idx), cfg.size, cfg.size, dev)
+    _train_loop(run, cfg, x_train, model.alphas_cumprod.to(dev, torch.float32), dev, state_path, show_progress)
+    ema_model = DiffusionModel(run.ema.eval(), model.scheduler_config, info)
     log.info("quality gate: %d samples, DDIM round trip on %d held-out images", cfg.gate_samples, len(held_idx))
-    gate = quality_gate(
-        ema_model, train_raw, held_raw, cfg.gate_samples, cfg.gate_sample_steps, cfg.roundtrip_steps, seed=cfg.seed
-    )
-    training = {
-        "command": command,
-        "config": to_dict(cfg),
-        "images": str(images),
-        "n_train": int(len(train_idx)),
-        "n_heldout": int(len(held_idx)),
-        "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
-        "geometry": describe_geometry(cfg.resize_mode, cfg.size),
-        "original_shape": list(data.original_shape),
-        "parameters": count_parameters(unet),
-        "final_loss": loss_avg,
-        "duration_s": round(elapsed, 1),
-        "device": str(dev),
-        "device_name": describe_device(dev),
-        "software": software_versions(),
-    }
+    gate = quality_gate(ema_model, train_raw, held_raw, cfg.gate_samples, cfg.gate_sample_steps, cfg.roundtrip_steps, seed=cfg.seed)
+    training = _training_record(cfg, run, data, images, train_idx, held_idx, dev, command)
     final = DiffusionModel(ema_model.unet, model.scheduler_config, replace(info, training=training, quality_gate=gate))
     final.save(out, force=True)
     log.info("quality gate %s; model written to %s", "passed" if gate["passed"] else "FAILED", out)
