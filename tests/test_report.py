@@ -10,19 +10,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 from test_explain import TINY  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
 from typer.testing import CliRunner
 
 from diffex.cli import app
 from diffex.errors import DiffexError
-from diffex.report.html import (
-    SIZE_BUDGET,
-    histogram_plot,
-    line_plot,
-    morphology_curves,
-    nice_ticks,
-    write_report,
-)
+from diffex.report.html import SIZE_BUDGET, morphology_curves, write_report
+from diffex.report.plots import histogram_plot, line_plot, nice_ticks
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_EXPERIMENT = REPO / "sample_data" / "experiment"
@@ -74,13 +69,36 @@ def test_user_strings_are_escaped(hostile_experiment):
     assert html.count("<script>") == 1  # diffex's own, at the end
     for raw in (HOSTILE_CONDITION, HOSTILE_FILE, HOSTILE_CHANNEL):
         assert raw not in html
-    assert "&lt;b onmouseover=&quot;alert(&#x27;c&#x27;)&quot;&gt;treated &amp; co" in html
-    assert "x&quot;&gt;&lt;svg onload=alert(1)&gt;cell" in html  # in the provenance table
-    assert "&lt;script&gt;alert(&#x27;ch&#x27;)&lt;/script&gt;&quot;DNA&#x27;" in html
+    for raw in (HOSTILE_CONDITION, HOSTILE_FILE, HOSTILE_CHANNEL):  # escaped: the file name in the provenance table
+        assert str(escape(raw)) in html, raw
+    assert "&lt;b onmouseover=&#34;alert(&#39;c&#39;)&#34;&gt;treated &amp; co" in html
     parser = _Tags()
     parser.feed(html)
     assert "onmouseover" not in parser.attrs and "onload" not in parser.attrs
     assert parser.tags.count("svg") == html.count('<svg class="plot"')  # no injected <svg>
+
+
+def test_every_figure_says_what_it_is_computed_on(hostile_experiment, tmp_path):
+    html = (hostile_experiment / "report.html").read_text()
+    results = json.loads((hostile_experiment / "results.json").read_text())
+    assert results["attributes"]
+    a = results["attributes"][0]
+    assert f"of {a['n_eligible']}" in html and f"over {a['n_images']} evaluation images" in html
+    assert f"{a['baseline_at_target']:.0%} already were" in html and "already at target" in html
+    assert f"Holm {a['separation_p_adjusted']:.2g}" in html and "How these numbers were made" in html
+    assert str(escape(results["statistics"]["selection_rule"])) in html and "over single images" in html
+    assert results["statistics"]["subsampling"]
+    for note in results["statistics"]["subsampling"]:
+        assert str(escape(note)) in html
+    roles = {e["role"] for att in results["attributes"] for e in att["traversal"]["shown"]}
+    assert ("randomly drawn image" in html) == ("random sample" in roles) and ("most affected image" in html) == ("most affected" in roles)
+    # a manifest with replicates: the report says that the bootstrap resamples replicates
+    exp = tmp_path / "exp"
+    shutil.copytree(hostile_experiment, exp, ignore=shutil.ignore_patterns("cache"))
+    results["statistics"].update(bootstrap_unit="replicate", bootstrap_units={"control": 3, HOSTILE_CONDITION: 4})
+    (exp / "results.json").write_text(json.dumps(results))
+    html = write_report(exp).read_text()
+    assert "replicates, not single images" in html and "control: 3 replicates" in html and "treat images as independent" in html
 
 
 def test_no_external_url(hostile_experiment):
@@ -112,13 +130,21 @@ def test_missing_traversal_is_a_clear_error(hostile_experiment, tmp_path):
         write_report(exp)
 
 
+def _svg(macro: str, data: dict) -> str:
+    from diffex.report.html import _environment
+
+    return _environment().from_string('{% from "plots.svg.j2" import ' + macro + " %}{{ " + macro + "(p) }}").render(p=data)
+
+
 def test_plots():
     assert nice_ticks(-1, 1) == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert nice_ticks(0, 7.3)[-1] <= 7.3 and nice_ticks(0, 7.3)[0] == 0
-    svg = line_plot([-1, 0, 1], [("DNA area", [-0.2, 0.0, 0.3]), ("broken", [float("nan")] * 3)], "strength", "change", 2)
+    svg = _svg("line_plot", line_plot([-1, 0, 1], [("DNA area", [-0.2, 0.0, 0.3]), ("broken", [float("nan")] * 3)], "strength", "change", 2))
     assert svg.count("<polyline") == 2 and "nan" not in svg.lower() and 'class="marker"' in svg
-    hist = histogram_plot({"a": [0.0, 0.1, 0.2], "b": [], "c": [5.0]}, "coordinate", span=1.0)
+    hist = _svg("histogram", histogram_plot({"a": [0.0, 0.1, 0.2], "b": [], "c": [5.0]}, "coordinate", span=1.0))
     assert hist.count("<polygon") == 3 and "n = 0" in hist and "nan" not in hist.lower()
+    hostile = _svg("histogram", histogram_plot({"<i>x</i>": [0.0, 1.0]}, "a<b"))
+    assert "<i>" not in hostile and "&lt;i&gt;x&lt;/i&gt;" in hostile and "a&lt;b" in hostile
 
 
 def test_morphology_curves_are_relative_to_strength_zero():
