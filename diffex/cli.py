@@ -38,6 +38,9 @@ SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Side of the squa
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled classifier (runs code from the file).")]
+DiffusionNormOpt = Annotated[Optional[Path], typer.Option(
+    "--diffusion-normalization", help="JSON with the raw intensity that maps to -1 and +1 per channel ({\"low\": [...], \"high\": [...]}), "
+    "for a diffusion model folder without diffex.json (docs/formats.md).")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="Diffusion-model arithmetic: fp32 (default) or bf16 (autocast; faster on GPUs and bf16-capable CPUs).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of the split, initialization and sampling.")]
@@ -169,6 +172,7 @@ def inspect_cmd(
     images: Annotated[Optional[Path], typer.Option("--images", help="Image folder or CSV manifest.")] = None,
     axes: AxesOpt = None,
     trust_checkpoint: TrustOpt = False,
+    diffusion_normalization: DiffusionNormOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -180,7 +184,8 @@ def inspect_cmd(
     if not (classifier or diffusion or images):
         typer.echo("error: give at least one of --classifier, --diffusion, --images", err=True)
         raise typer.Exit(2)
-    report = _run(lambda: inspect_setup(classifier, diffusion, images, axes, trust_checkpoint, show_progress=show))
+    report = _run(lambda: inspect_setup(classifier, diffusion, images, axes, trust_checkpoint, show_progress=show,
+                                        diffusion_normalization=diffusion_normalization))
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if not report["compatible"]:
         raise typer.Exit(2)
@@ -199,6 +204,7 @@ def explain_cmd(
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
     trust_checkpoint: TrustOpt = False,
+    diffusion_normalization: DiffusionNormOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -210,7 +216,7 @@ def explain_cmd(
     def go():
         cfg = _config(config_from_dict, config, methods=tuple(method) if method else None, seed=seed, precision=precision)
         return explain(classifier, images, out, diffusion, cfg, device=device, axes=axes, trust_checkpoint=trust_checkpoint,
-                       force=force, command=_command_line(), show_progress=show)
+                       force=force, command=_command_line(), show_progress=show, diffusion_normalization=diffusion_normalization)
 
     res = _run(go)
     for a in res.attributes:

@@ -100,6 +100,7 @@ def inspect_setup(
     axes: str | None = None,
     trust_checkpoint: bool = False,
     show_progress: bool = False,
+    diffusion_normalization: str | Path | None = None,
 ) -> dict:
     """Load what is given, summarize it and check that the parts fit together.
 
@@ -110,7 +111,7 @@ def inspect_setup(
         ``notes``, ``compatible`` and, when classifier and images fit, ``accuracy_on_images``.
     """
     clf = load_classifier(classifier, trust_checkpoint=trust_checkpoint) if classifier else None
-    dm = DiffusionModel.load(diffusion) if diffusion else None
+    dm = DiffusionModel.load(diffusion, normalization=diffusion_normalization, strict=False) if diffusion else None
     report: dict = {}
     if clf:
         report["classifier"] = _classifier_summary(clf)

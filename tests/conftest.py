@@ -52,8 +52,8 @@ def tiny_classifier(cells, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_diffusion(cells, tmp_path_factory):
     """A two-level UNet trained for 4 steps at 16 px, with its quality gate on 4 samples."""
-    from diffex.models.diffusion import UNetSpec
     from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
+    from diffex.models.unet import UNetSpec
 
     out = tmp_path_factory.mktemp("models") / "dm"
     cfg = DiffusionTrainConfig(

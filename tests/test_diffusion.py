@@ -11,13 +11,7 @@ import torch
 from conftest import TINY_UNET
 
 from diffex.errors import DiffexError
-from diffex.models.diffusion import (
-    DiffusionInfo,
-    DiffusionModel,
-    UNetSpec,
-    build_unet,
-    default_scheduler_config,
-)
+from diffex.models.diffusion import DiffusionInfo, DiffusionModel
 from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
 from diffex.models.quality import format_gate, largest_object_area
 from diffex.models.sampler import (
@@ -27,6 +21,7 @@ from diffex.models.sampler import (
     ddim_timesteps,
     psnr,
 )
+from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
 
 
 def _tiny_cfg(**kw):
@@ -98,8 +93,12 @@ def test_foreign_pipeline_layout_loads(tmp_path):
     unet = build_unet(UNetSpec(**TINY_UNET), 1, 8)
     unet.save_pretrained(tmp_path / "unet")
     DDPMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
+    with pytest.raises(DiffexError, match=r"no normalization.*--diffusion-normalization"):
+        DiffusionModel.load(tmp_path)
+    (tmp_path / "diffex-normalization.json").write_text('{"identity": true}')
     dm = DiffusionModel.load(tmp_path)
     assert dm.info.normalization is None and dm.num_train_timesteps == 100
+    assert dm.info.normalization_source.startswith("identity (declared in sidecar")
     x = torch.rand(1, 1, 8, 8) * 2 - 1
     torch.testing.assert_close(dm.from_model_space(dm.to_model_space(x)), x)
 

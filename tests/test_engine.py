@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffex.models.diffusion import (
-    DiffusionInfo,
-    DiffusionModel,
-    UNetSpec,
-    build_unet,
-    default_scheduler_config,
-)
+from diffex.models.diffusion import DiffusionInfo, DiffusionModel
 from diffex.models.hooks import h_shape, mid_block_offset, record_h
 from diffex.models.sampler import SamplerSpec, ddim_invert, ddim_render
+from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
 
 
 @pytest.fixture(scope="module")

@@ -188,16 +188,13 @@ def test_bad_inversions_are_flagged_and_not_ranked(tiny_classifier, tiny_diffusi
 
 
 def test_models_that_disagree_stop_before_computing(tiny_classifier, cells, tmp_path):
-    from diffex.models.diffusion import (
-        DiffusionInfo,
-        DiffusionModel,
-        UNetSpec,
-        build_unet,
-        default_scheduler_config,
-    )
+    from diffex.models.diffusion import DiffusionInfo, DiffusionModel
+    from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
+
+    from diffex.data.normalize import Normalization
 
     other = DiffusionModel(build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8), 1, 8),
-                           default_scheduler_config(), DiffusionInfo(in_channels=1, image_size=8))
+                           default_scheduler_config(), DiffusionInfo(in_channels=1, image_size=8, normalization=Normalization((0.0,), (1.0,))))
     other.save(tmp_path / "dm1")
     with pytest.raises(DiffexError, match="do not fit together.*channel.*px"):
         explain(tiny_classifier[0], cells, tmp_path / "x", tmp_path / "dm1", TINY, device="cpu", show_progress=False)

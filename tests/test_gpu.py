@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import TINY_UNET
 
-from diffex.models.diffusion import UNetSpec
 from diffex.models.diffusion_train import DiffusionTrainConfig, train_diffusion
+from diffex.models.unet import UNetSpec
 
 
 @pytest.mark.gpu

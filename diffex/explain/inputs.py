@@ -120,6 +120,14 @@ def resolve_diffusion(diffusion, cfg: ExplainConfig, clf) -> Path:
     )
 
 
+def _diffusion_digest(path: Path, dm: DiffusionModel) -> str:
+    """The model folder's digest, with the normalization when it does not come from the folder's diffex.json."""
+    info = dm.info
+    if info.normalization_source == "diffex.json":
+        return model_digest(path)
+    return digest(model_digest(path), json.dumps(info.normalization.to_dict()) if info.normalization else "identity")
+
+
 def prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
     """Refuse a finished experiment (without ``force``) or an unfinished one with other settings; write the config."""
     resolved = out / "config.resolved.json"
@@ -183,13 +191,13 @@ def bootstrap_groups(records: list[Record], unit: str, source) -> tuple[str, np.
 
 def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, device: str = "auto", axes: str | None = None,
                     trust_checkpoint: bool = False, force: bool = False, command: str | None = None,
-                    show_progress: bool = True) -> Experiment:
+                    show_progress: bool = True, diffusion_normalization=None) -> Experiment:
     """Load and check the models and images, prepare the output folder (see module docstring)."""
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     clf = load_classifier(classifier, trust_checkpoint=trust_checkpoint, device=dev)
     dm_path = resolve_diffusion(diffusion, cfg, clf)
-    dm = DiffusionModel.load(dm_path, device=dev, precision=cfg.precision)
+    dm = DiffusionModel.load(dm_path, device=dev, precision=cfg.precision, normalization=diffusion_normalization)
     check_models(clf, dm)  # before any computation
     cfg = replace(cfg, diffusion=str(dm_path))
     class_names = list(clf.info.class_names)
@@ -208,7 +216,7 @@ def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, d
         images_source=Path(images), class_names=class_names, conditions=conds, records=records, raw=imgs.raw,
         labels=imgs.labels(class_names), channel_names=list(dm.info.channel_names or imgs.channel_names),
         file_sha=[sha256_file(r.path) for r in records], classifier_digest=model_digest(classifier),
-        diffusion_digest=model_digest(dm_path), n_available=n_available, bootstrap_unit=unit, groups=groups, command=command)
+        diffusion_digest=_diffusion_digest(dm_path, dm), n_available=n_available, bootstrap_unit=unit, groups=groups, command=command)
     if n_available > len(records):
         exp.note_subsample(f"{len(records)} of the {n_available} images were used (max_images {cfg.max_images}, "
                            f"drawn at random in proportion to each condition, seed {cfg.seed})")

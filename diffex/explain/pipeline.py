@@ -61,7 +61,8 @@ class ExplainResult:
 
 def explain(classifier: str | Path, images: str | Path, out: str | Path | None = None, diffusion: str | Path | None = None,
             config: ExplainConfig | None = None, device: str = "auto", axes: str | None = None, trust_checkpoint: bool = False,
-            force: bool = False, command: str | None = None, show_progress: bool = True) -> ExplainResult:
+            force: bool = False, command: str | None = None, show_progress: bool = True,
+            diffusion_normalization: str | Path | None = None) -> ExplainResult:
     """Find, rank, render and describe the h-space attributes that change the classifier's decision.
 
     Parameters
@@ -71,10 +72,12 @@ def explain(classifier: str | Path, images: str | Path, out: str | Path | None =
     out : experiment folder (default ``diffex-<images name>``)
     diffusion : diffusion model folder; default: ``config.diffusion``, else the one recorded with the classifier
     config : :class:`ExplainConfig`
+    diffusion_normalization : JSON file (or Normalization) for a diffusion model folder without diffex.json
     """
     t_start = time.time()
     exp = open_experiment(classifier, images, out, diffusion, config or ExplainConfig(), device=device, axes=axes,
-                          trust_checkpoint=trust_checkpoint, force=force, command=command, show_progress=show_progress)
+                          trust_checkpoint=trust_checkpoint, force=force, command=command, show_progress=show_progress,
+                          diffusion_normalization=diffusion_normalization)
     with make_progress(show_progress) as progress:
         inv = invert_stage(exp, progress)
         grads = gradients_stage(exp, inv, progress)

@@ -86,7 +86,8 @@ def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Can
         confusion_matrix=confusion(labels, inv.probs_orig.argmax(1), len(exp.class_names)).tolist(),
         inversion=InversionSummary(cfg.steps, cfg.t_end, float(psnr.mean()), float(psnr.min()), float(np.median(psnr)), cfg.min_psnr, flagged),
         diffusion_model=DiffusionSummary(dm.info.image_size, int(sum(p.numel() for p in dm.unet.parameters())),
-                                         (training.get("config") or {}).get("steps"), training.get("n_train")),
+                                         (training.get("config") or {}).get("steps"), training.get("n_train"),
+                                         dm.info.normalization_source),
         config=to_dict(cfg), display_ranges={c: [float(low[j]), float(high[j])] for j, c in enumerate(exp.channel_names)},
         h_shape=list(inv.h.shape[2:]), h_scale=inv.h_scale,
         candidates=[CandidateSummary(i, n, float(shortlist.scores[i]), bool(i in shortlist.order), cands.merged.get(n, []))

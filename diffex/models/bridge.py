@@ -76,6 +76,19 @@ def check_models(clf, dm) -> None:
 def check_pair(clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[str], list[str]]:
     """Problems and notes for a classifier + diffusion model pair (either may be None)."""
     problems, notes = [], []
+    if dm is not None:
+        di = dm.info
+        if di.normalization is None and not di.normalization_source.startswith("identity"):
+            from diffex.models.diffusion import NO_NORMALIZATION
+
+            problems.append(f"the diffusion model has {NO_NORMALIZATION}")
+        elif di.normalization is None:
+            notes.append(f"the diffusion model's inputs are taken as already in its [-1, 1] space: {di.normalization_source}")
+        gate = di.quality_gate or {}
+        if not gate:
+            notes.append("the diffusion model has no recorded quality gate")
+        elif not gate.get("passed"):
+            notes.append("the diffusion model FAILED its quality gate: counterfactuals may look unlike real cells")
     if clf is None or dm is None:
         return problems, notes
     ci, di = clf.info, dm.info
@@ -85,16 +98,7 @@ def check_pair(clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[
         problems.append(f"the classifier works at {ci.image_size} px, the diffusion model at {di.image_size} px")
     if ci.channel_names and di.channel_names and tuple(ci.channel_names) != tuple(di.channel_names):
         problems.append(f"channel names differ: classifier {list(ci.channel_names)}, diffusion model {list(di.channel_names)}")
-    if di.normalization is None:
-        notes.append("the diffusion model has no stored normalization; inputs are assumed to be in its [-1, 1] space")
-    elif di.normalization != ci.normalization:
-        notes.append(
-            "the models use different normalizations; renders are mapped to raw intensities and through the "
-            "classifier's own normalization (this is fine)"
-        )
-    gate = di.quality_gate or {}
-    if not gate:
-        notes.append("the diffusion model has no recorded quality gate")
-    elif not gate.get("passed"):
-        notes.append("the diffusion model FAILED its quality gate: counterfactuals may look unlike real cells")
+    if di.normalization is not None and di.normalization != ci.normalization:
+        notes.append("the models use different normalizations; renders are mapped to raw intensities and through the "
+                     "classifier's own normalization (this is fine)")
     return problems, notes

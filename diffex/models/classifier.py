@@ -5,7 +5,8 @@ metadata: class names, channel names, image size, normalization. Three sources l
 
 - a **model folder** written by ``diffex train-classifier`` (``config.json`` + ``model.safetensors``
   + ``checksums.json``; a timm architecture);
-- a **TorchScript file** (``model.pt``) with a JSON sidecar (``model.json``) giving ``class_names``,
+- a **torch.export program** (``model.pt2``, from ``torch.export.save``) or a **TorchScript file**
+  (``model.pt``, deprecated in PyTorch) with a JSON sidecar (``model.json``) giving ``class_names``,
   ``normalization`` and optionally ``channel_names``, ``image_size``, ``resize_mode``;
 - a **pickled nn.Module** with the same sidecar, only with ``trust_checkpoint=True`` (unpickling
   runs arbitrary code).
@@ -20,6 +21,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from dataclasses import dataclass, field
@@ -58,7 +60,7 @@ class ClassifierInfo:
     resize_mode: str = "resize"
     arch: str | None = None
     source: str = ""
-    kind: str = "folder"  # folder | torchscript | pickle
+    kind: str = "folder"  # folder | export | torchscript | pickle
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -206,6 +208,92 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or n.split("/", 1)[-1].startswith("code/") for n in zf.namelist())
 
 
+def _is_export(path: Path) -> bool:
+    """A ``torch.export.save`` archive (``.pt2``): a zip with a PT2 ``archive_format`` (or, before torch 2.9, serialized_exported_program.json)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith(("/archive_format", "serialized_exported_program.json")) or n == "archive_format" for n in zf.namelist())
+
+
+class _Exported(torch.nn.Module):
+    """A loaded ``torch.export`` program as a module: fixed train/eval behaviour, a static batch size handled in chunks.
+
+    A program exported with a fixed batch size b runs the input in chunks of b, the last one padded
+    by repeating its last image (the padding's outputs are dropped); gradients flow as usual.
+    """
+
+    def __init__(self, program, batch: int | None):
+        super().__init__()
+        self.program = program.module()
+        self.batch = batch
+
+    def train(self, mode: bool = True):  # the exported graph's train/eval behaviour is fixed at export
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch is None or x.shape[0] == self.batch:
+            return self.program(x)
+        outs = []
+        for chunk in x.split(self.batch):
+            pad = self.batch - chunk.shape[0]
+            full = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])]) if pad else chunk
+            outs.append(self.program(full)[: chunk.shape[0]])
+        return torch.cat(outs)
+
+
+def _unpickled_parts(zf: zipfile.ZipFile) -> list[str]:
+    """Members of a .pt2 archive that torch would unpickle: ``*.pt`` files and weights/constants stored with pickle."""
+    parts = [n for n in zf.namelist() if n.endswith(".pt")]
+    for cfg_name in (n for n in zf.namelist() if n.endswith(("_weights_config.json", "_constants_config.json"))):
+        folder = cfg_name.rsplit("/", 1)[0]
+        for entry in json.loads(zf.read(cfg_name)).get("config", {}).values():
+            if entry.get("use_pickle") or not entry.get("tensor_meta"):
+                parts.append(f"{folder}/{entry['path_name']}")
+    return parts
+
+
+def _load_export(path: Path, trust_checkpoint: bool) -> torch.nn.Module:
+    """Load a ``.pt2`` program; every pickled part must hold plain tensors unless the file is trusted.
+
+    ``torch.export.load`` unpickles some parts without restriction (and falls back to that when the
+    restricted loader fails); diffex first loads every such part with ``weights_only=True``, so an
+    untrusted file never reaches the unrestricted path.
+    """
+    import io
+
+    with zipfile.ZipFile(path) as zf:
+        for name in _unpickled_parts(zf):
+            try:
+                torch.load(io.BytesIO(zf.read(name)), weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any failure means: not plain tensors
+                if not trust_checkpoint:
+                    raise DiffexError(f"{path}: {name} holds objects that only an unrestricted unpickler can load ({str(exc).splitlines()[0]}); "
+                                      "pass --trust-checkpoint only if you made this file yourself") from exc
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
+        raise DiffexError(f"{path}: cannot load the torch.export program: {str(exc).splitlines()[0]}") from exc
+    user = set(program.graph_signature.user_inputs)
+    shape = next((n.meta["val"].shape for n in program.graph.nodes if n.op == "placeholder" and n.name in user and "val" in n.meta), None)
+    batch = int(shape[0]) if shape is not None and isinstance(shape[0], int) else None  # an int: exported with a fixed batch
+    return _Exported(program, batch)
+
+
+def _load_torchscript(path: Path) -> torch.nn.Module:
+    """TorchScript, with PyTorch's deprecation warning kept from the user's terminal (logged once instead)."""
+    import warnings
+
+    log.info("%s: TorchScript is deprecated in PyTorch; a torch.export program (.pt2) is preferred (docs/formats.md)", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise DiffexError(f"{path}: cannot load TorchScript: {str(exc).splitlines()[0]}") from exc
+
+
 def load_classifier(path: str | Path, trust_checkpoint: bool = False, device: str | torch.device = "cpu") -> Classifier:
     """Load a classifier from a model folder, a TorchScript file or (trusted) a pickled module.
 
@@ -236,12 +324,10 @@ def load_classifier(path: str | Path, trust_checkpoint: bool = False, device: st
             "write one (see docs/formats.md) or use a diffex model folder"
         )
     meta = read_json(sidecar)
-    if _is_torchscript(path):
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as exc:
-            raise DiffexError(f"{path}: cannot load TorchScript: {str(exc).splitlines()[0]}") from exc
-        kind = "torchscript"
+    if _is_export(path):
+        module, kind = _load_export(path, trust_checkpoint), "export"
+    elif _is_torchscript(path):
+        module, kind = _load_torchscript(path), "torchscript"
     else:
         if not trust_checkpoint:
             raise DiffexError(

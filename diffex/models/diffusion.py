@@ -11,9 +11,10 @@ A diffusion model folder is diffusers' own ``save_pretrained`` layout, so that
       checksums.json                       # SHA-256 of the files above
 
 Any local diffusers UNet2DModel folder loads, also a pipeline layout with ``unet/`` and
-``scheduler/`` subfolders; without ``diffex.json`` its normalization is unknown and the data is
-assumed to be already in the model's [-1, 1] range. Hub names are never accepted: nothing is
-downloaded.
+``scheduler/`` subfolders, trained to predict the noise, v or the clean image (converted to the
+noise here). Without ``diffex.json`` its normalization must be given (:func:`resolve_normalization`:
+an option or a ``diffex-normalization.json`` sidecar); it is never guessed. Hub names are never
+accepted: nothing is downloaded.
 
 Example
 -------
@@ -29,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
@@ -39,6 +40,7 @@ import torch
 from diffex.data.normalize import Normalization
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_dir, verify_checksums, write_checksums, write_json
+from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ FORMAT_VERSION = 1
 
 
 PRECISIONS = ("fp32", "bf16")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SIDECAR = "diffex-normalization.json"
 
 
 def check_precision(precision: str) -> str:
@@ -69,6 +73,7 @@ class DiffusionInfo:
     source: str = ""
     training: dict = field(default_factory=dict)
     quality_gate: dict = field(default_factory=dict)
+    normalization_source: str = ""  # "diffex.json", "sidecar FILE", "option FILE" or "identity (declared in FILE)"
 
     def to_dict(self) -> dict:
         return {
@@ -103,8 +108,12 @@ class DiffusionModel:
         self.precision = check_precision(precision)
         self.scheduler_config = dict(scheduler_config)
         sched = DDPMScheduler.from_config(self.scheduler_config)
-        if sched.config.prediction_type != "epsilon":
-            raise DiffexError(f"{info.source}: prediction_type {sched.config.prediction_type!r}; diffex needs 'epsilon'")
+        self.prediction_type = str(sched.config.prediction_type)
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise DiffexError(f"{info.source}: prediction_type {self.prediction_type!r}; diffex reads {PREDICTION_TYPES}")
+        if self.prediction_type == "epsilon" and self.scheduler_config.get("rescale_betas_zero_snr"):
+            raise DiffexError(f"{info.source}: a zero-terminal-SNR schedule (rescale_betas_zero_snr) with epsilon prediction "
+                              "gives infinite values at the first step; such a model needs v_prediction")
         self.num_train_timesteps = int(sched.config.num_train_timesteps)
         self.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)  # (T,)
         self.info = info
@@ -129,17 +138,30 @@ class DiffusionModel:
         self.unet.to(device)
         return self
 
-    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x (B, C, H, W) at timestep t, float32.
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
 
-        With ``precision == "bf16"`` the UNet runs under bfloat16 autocast (weights stay float32;
-        convolutions and matrix products run in bfloat16) and the result is cast back to float32.
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Predicted noise ε for x (B, C, H, W) at timestep t, in x's dtype (float32 unless the model was cast).
+
+        A model trained to predict v or the clean sample x0 is converted to ε with ᾱ_t:
+        ε = √ᾱ v + √(1−ᾱ) x_t, or ε = (x_t − √ᾱ x̂0) / √(1−ᾱ). With ``precision == "bf16"`` the UNet
+        runs under bfloat16 autocast (weights stay float32) and the result is cast back first.
         """
         if self.precision == "fp32":
-            return self.unet(x, t).sample
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
             out = self.unet(x, t).sample
-        return out.float()
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.unet(x, t).sample
+            out = out.to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.alphas_cumprod.to(x.device)[torch.as_tensor(t, device=x.device).long()].to(x.dtype)
+        a = a.view(-1, *([1] * (x.dim() - 1))) if a.dim() else a  # (B, 1, 1, 1) or a scalar
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x
+        return (x - a.sqrt() * out) / (1 - a).sqrt()
 
     # ---------------------------------------------------------------------------------- files
     def save(self, folder: str | Path, force: bool = False) -> Path:
@@ -154,8 +176,14 @@ class DiffusionModel:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> DiffusionModel:
-        """Open a local diffusers UNet2DModel folder (diffex's or any other); ``precision``: see :meth:`eps`."""
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", precision: str = "fp32",
+             normalization: Normalization | str | Path | None = None, strict: bool = True) -> DiffusionModel:
+        """Open a local diffusers UNet2DModel folder (diffex's or any other); ``precision``: see :meth:`eps`.
+
+        ``normalization`` (a :class:`Normalization` or a JSON file, see :func:`resolve_normalization`)
+        is needed for a folder without ``diffex.json`` and without a ``diffex-normalization.json``
+        sidecar; ``strict=False`` loads such a model anyway, without one (``diffex inspect`` reports it).
+        """
         from diffusers import DDPMScheduler, UNet2DModel
 
         folder = Path(folder)
@@ -182,7 +210,7 @@ class DiffusionModel:
         except Exception as exc:
             raise DiffexError(f"{unet_dir}: cannot load UNet2DModel: {exc}") from exc
         sched_cfg = dict(DDPMScheduler.load_config(sched_dir, local_files_only=True))
-        meta = _read_metadata(folder, unet)
+        meta = resolve_normalization(folder, _read_metadata(folder, unet), normalization, strict)
         return cls(unet.to(device), sched_cfg, meta, precision=precision)
 
 
@@ -192,7 +220,6 @@ def _read_metadata(folder: Path, unet) -> DiffusionInfo:
     size = int(size if isinstance(size, int) else size[0])
     path = folder / METADATA_FILE
     if not path.exists():
-        log.warning("%s: no %s; normalization unknown, inputs are assumed to be in [-1, 1]", folder, METADATA_FILE)
         return DiffusionInfo(in_channels=in_ch, image_size=size, source=str(folder))
     try:
         meta = json.loads(path.read_text())
@@ -212,74 +239,65 @@ def _read_metadata(folder: Path, unet) -> DiffusionInfo:
         source=str(folder),
         training=meta.get("training") or {},
         quality_gate=meta.get("quality_gate") or {},
+        normalization_source=METADATA_FILE if norm else "",
     )
 
 
-@dataclass(frozen=True)
-class UNetSpec:
-    """Architecture of a diffex-trained UNet2DModel.
+NO_NORMALIZATION = (
+    "no normalization: the folder has no diffex.json, so diffex does not know which raw intensities map to the model's [-1, 1]. "
+    "Pass --diffusion-normalization FILE or put a diffex-normalization.json in the folder, a JSON like "
+    '{"low": [100.0, 80.0], "high": [4000.0, 3500.0]} (raw intensity mapped to -1 and +1, per channel), '
+    'or {"identity": true} if the images are already in the model\'s [-1, 1] (see docs/formats.md)'
+)
 
-    ``attention_max_res`` is the largest feature-map side that gets self-attention; the mid block
-    always has it. Keep it <= 16: attention at 32x32 costs ~10x on a CPU.
+
+def _read_normalization(path: Path) -> Normalization | None:
+    """A normalization JSON file; None for ``{"identity": true}``. Errors name the file."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DiffexError(f"{path}: cannot read the normalization ({exc})") from exc
+    if not isinstance(d, dict):
+        raise DiffexError(f"{path}: the normalization must be a JSON object with low and high per channel")
+    if d.get("identity") is True and set(d) == {"identity"}:
+        return None
+    try:
+        return Normalization.from_dict(d)
+    except (DiffexError, KeyError, TypeError, ValueError) as exc:
+        raise DiffexError(f"{path}: not a normalization ({exc}); expected {{\"low\": [...], \"high\": [...]}} per channel") from exc
+
+
+def resolve_normalization(folder: Path, info: DiffusionInfo, given, strict: bool = True) -> DiffusionInfo:
+    """The diffusion model's normalization: from diffex.json, else ``given`` (option), else the sidecar in the folder.
+
+    ``given`` is a :class:`Normalization` or the path of a JSON file (``{"low": [...], "high": [...]}``
+    per channel, or ``{"identity": true}``). A ``given`` that differs from diffex.json's is an
+    error; without any, a DiffexError says how to supply one (``strict``) or none is set.
     """
-
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
-    layers_per_block: int = 1
-    attention_max_res: int = 8
-    norm_num_groups: int = 16
-    attention_head_dim: int = 32
-    dropout: float = 0.0
-
-
-def build_unet(spec: UNetSpec, in_channels: int, size: int):
-    """A fresh ``UNet2DModel`` following ``spec``.
-
-    Example
-    -------
-    >>> unet = build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8), 2, 16)
-    >>> unet.config.sample_size
-    16
-    """
-    from diffusers import UNet2DModel
-
-    n_levels = len(spec.block_out_channels)
-    if size % 2 ** (n_levels - 1):
-        raise DiffexError(f"image size {size} is not divisible by 2^{n_levels - 1} for {n_levels} UNet levels")
-    if any(c % spec.norm_num_groups for c in spec.block_out_channels):
-        raise DiffexError(f"block_out_channels {spec.block_out_channels} must be multiples of norm_num_groups {spec.norm_num_groups}")
-    res = [size // 2**i for i in range(n_levels)]
-    down = tuple("AttnDownBlock2D" if r <= spec.attention_max_res else "DownBlock2D" for r in res)
-    up = tuple("AttnUpBlock2D" if r <= spec.attention_max_res else "UpBlock2D" for r in reversed(res))
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=tuple(spec.block_out_channels),
-        layers_per_block=spec.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        norm_num_groups=spec.norm_num_groups,
-        attention_head_dim=spec.attention_head_dim,
-        dropout=spec.dropout,
-    )
-
-
-def default_scheduler_config(num_train_timesteps: int = 1000, beta_schedule: str = "linear") -> dict:
-    """DDPM schedule config as diffusers writes it (epsilon prediction, no clipping)."""
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(
-        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type="epsilon", clip_sample=False
-    )
-    return dict(sched.config)
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
+    source, norm = None, None
+    if isinstance(given, Normalization):
+        source, norm = "option", given
+    elif given is not None:
+        source, norm = f"option {given}", _read_normalization(Path(given))
+    if info.normalization_source == METADATA_FILE:
+        if source and norm != info.normalization:
+            raise DiffexError(f"{folder}: its {METADATA_FILE} holds a normalization that differs from the one given ({source}); "
+                              "drop the option, or use the folder's")
+        return info
+    if source is None and (folder / SIDECAR).exists():
+        source, norm = f"sidecar {folder / SIDECAR}", _read_normalization(folder / SIDECAR)
+    if source is None:
+        if strict:
+            raise DiffexError(f"{folder}: {NO_NORMALIZATION}")
+        return info
+    if norm is not None and norm.n_channels != info.in_channels:
+        raise DiffexError(f"{source.split(' ', 1)[-1]}: normalization for {norm.n_channels} channel(s), the UNet takes {info.in_channels}")
+    label = source if norm is not None else f"identity (declared in {source})"
+    return replace(info, normalization=norm, normalization_source=label)
 
 
 def tiny_model(in_channels: int = 1, size: int = 8, seed: int = 0) -> DiffusionModel:
-    """An untrained two-level UNet (16 and 32 channels) with the default schedule, for examples and tests.
+    """An untrained two-level UNet (16 and 32 channels) with the default schedule, raw intensities in [0, 1], for examples and tests.
 
     Example
     -------
@@ -288,4 +306,5 @@ def tiny_model(in_channels: int = 1, size: int = 8, seed: int = 0) -> DiffusionM
     """
     torch.manual_seed(seed)
     unet = build_unet(UNetSpec(block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8), in_channels, size)
-    return DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(in_channels=in_channels, image_size=size))
+    norm = Normalization((0.0,) * in_channels, (1.0,) * in_channels)
+    return DiffusionModel(unet, default_scheduler_config(), DiffusionInfo(in_channels=in_channels, image_size=size, normalization=norm))

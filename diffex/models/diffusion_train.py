@@ -31,16 +31,15 @@ from diffex.data.dataset import discover, load_images, relative_path, split_held
 from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, refuse_overwrite
-from diffex.models.diffusion import (
-    DiffusionInfo,
-    DiffusionModel,
+from diffex.models.diffusion import DiffusionInfo, DiffusionModel
+from diffex.models.quality import quality_gate
+from diffex.models.sampler import DEFAULT_STEPS
+from diffex.models.unet import (
     UNetSpec,
     build_unet,
     count_parameters,
     default_scheduler_config,
 )
-from diffex.models.quality import quality_gate
-from diffex.models.sampler import DEFAULT_STEPS
 from diffex.progress import make_progress
 from diffex.runtime import describe_device, resolve_device, software_versions
 

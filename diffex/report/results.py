@@ -123,6 +123,7 @@ class DiffusionSummary:
     parameters: int
     training_steps: int | None
     training_images: int | None
+    normalization_source: str = ""  # where its intensity normalization came from (diffex.json, a sidecar, the option)
 
 
 @dataclass
