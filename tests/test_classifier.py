@@ -27,7 +27,8 @@ def test_training_writes_a_complete_folder(tiny_classifier):
     t = cfg["training"]
     assert t["seed"] == 0 and t["n_heldout"] == 6 and len(t["heldout"]) == 6
     assert np.array(t["confusion_matrix"]).sum() == 6
-    assert 0 <= metrics["heldout_accuracy"] <= 1
+    cm = np.array(t["confusion_matrix"])
+    assert metrics["heldout_accuracy"] == t["heldout_accuracy"] == cm.trace() / cm.sum()  # accuracy is the confusion matrix's
 
 
 def test_save_load_identical_outputs(tiny_classifier):
