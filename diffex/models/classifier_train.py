@@ -127,6 +127,7 @@ def _fit(module: torch.nn.Module, cfg: ClassifierTrainConfig, x_train: torch.Ten
 
 def _training_record(cfg: ClassifierTrainConfig, data, images, train_idx, held_idx, held: dict, train_metrics: dict,
                      duration: float, dev: torch.device, command: str) -> dict:
+    """The ``training`` record written into the model folder's config (split, accuracies, timing, software)."""
     return {
         "command": command, "config": to_dict(cfg), "images": str(images), "seed": cfg.seed, "n_train": int(len(train_idx)),
         "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],

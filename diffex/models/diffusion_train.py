@@ -45,6 +45,7 @@ from diffex.runtime import describe_device, resolve_device, software_versions
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
     """Settings of ``diffex train-diffusion``; unknown keys in a YAML config are errors."""
@@ -82,10 +83,12 @@ def _ema_decay(step: int, max_decay: float) -> float:
 
 
 def _lr_factor(step: int, warmup: int) -> float:
+    """Linear learning-rate warm-up over ``warmup`` steps, then 1."""
     return min(1.0, (step + 1) / max(1, warmup))
 
 
 def _work_dir(out: Path) -> Path:
+    """The folder of the resumable training state, ``<out>.training``."""
     return out.with_name(out.name + ".training")
 
 
@@ -139,6 +142,7 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
 
 
 def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path) -> None:
+    """Write the resumable training state (models, optimizer, generator, progress) atomically to ``state_path``."""
     state = {"step": run.step, "elapsed_s": run.elapsed, "loss_avg": run.loss_avg, "model": run.unet.state_dict(),
              "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(), "generator": run.g.get_state(),
              "fingerprint": json.dumps(_config_fingerprint(cfg)), "normalization": json.dumps(run.norm.to_dict())}
@@ -189,6 +193,7 @@ def _train_loop(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp
 
 
 def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_idx, held_idx, dev, command: str) -> dict:
+    """The ``training`` record written into ``diffex.json`` (split, size, final loss, timing, software)."""
     return {
         "command": command, "config": to_dict(cfg), "images": str(images), "n_train": int(len(train_idx)),
         "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
