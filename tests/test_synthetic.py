@@ -23,10 +23,14 @@ from diffex.errors import DiffexError
 def test_same_seed_same_bytes(tmp_path):
     a = generate_dataset(tmp_path / "a", 3, seed=7)
     b = generate_dataset(tmp_path / "b", 3, seed=7)
-    for p in sorted((tmp_path / "a").rglob("*.tif")):
+    files = sorted((tmp_path / "a").rglob("*.tif"))
+    assert len(files) == 6
+    for p in files:
         q = tmp_path / "b" / p.relative_to(tmp_path / "a")
-        np.testing.assert_array_equal(read_image(p).data, read_image(q).data)
+        assert p.read_bytes() == q.read_bytes(), p  # OME UUID included
     assert a.read_text() == b.read_text()
+    generate_dataset(tmp_path / "c", 3, seed=8)
+    assert (tmp_path / "c" / files[0].relative_to(tmp_path / "a")).read_bytes() != files[0].read_bytes()
 
 
 def test_files_and_ground_truth(tmp_path):

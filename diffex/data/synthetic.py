@@ -206,15 +206,24 @@ def render_cell(
 
 
 def write_ome_tiff(path: Path, image: np.ndarray, channel_names: tuple[str, ...]) -> None:
-    """Write a (C, Y, X) array as an OME-TIFF with channel names."""
+    """Write a (C, Y, X) array as an OME-TIFF with channel names.
+
+    The OME UUID is derived from the pixels and channel names (tifffile's default is random), so
+    that the same image gives the same bytes.
+    """
+    import hashlib
+    import uuid
+
     import tifffile
 
+    content = hashlib.sha256(np.ascontiguousarray(image).tobytes() + "\0".join(channel_names).encode()).hexdigest()
     tifffile.imwrite(
         path,
         image,
         ome=True,
         photometric="minisblack",
-        metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)}},
+        metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)},
+                  "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, content)}"},
         compression="zlib",
     )
 
