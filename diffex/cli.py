@@ -83,22 +83,57 @@ def synthetic_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     ground_truth: Annotated[Optional[Path], typer.Option("--ground-truth", help="Factor CSV (default: OUT_factors.csv beside OUT).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML of generator parameters (SyntheticSpec; default: the sample data's).")] = None,
+    fields: Annotated[bool, typer.Option("--fields", help="Fields of view with many cells (and true nucleus labels) instead of single cells; --n fields per condition.")] = False,
+    field_size: Annotated[int, typer.Option("--field-size", help="With --fields: side of a field in px.")] = 256,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ):
     """Generate two-condition synthetic cells with known differentiating factors (ground truth)."""
     _setup(quiet, verbose)
-    from diffex.data.synthetic import generate_dataset, spec_from_dict
+    from diffex.data.synthetic import SyntheticSpec, generate_dataset, spec_from_dict
 
     def go():
         from diffex.config import load_yaml
 
         spec = spec_from_dict(load_yaml(config)) if config else None
+        if fields:
+            from diffex.data.synthetic_fields import FieldSpec, generate_fields
+
+            return generate_fields(out, n_per_condition, seed, FieldSpec(size=field_size, cell=spec or SyntheticSpec()), force=force)
         return generate_dataset(out, n_per_condition, seed, spec=spec, ground_truth=ground_truth, force=force)
 
     gt = _run(go)
     typer.echo(str(gt))
+
+
+@app.command("crop")
+def crop_cmd(
+    images: Annotated[Path, typer.Option("--images", help="Fields of view: one subfolder per condition, or a CSV manifest (path,condition,plate,well,field).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write: crops/, crops.csv (a manifest for explain), summary.csv, QC montages.")],
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="Folder of label images (CellProfiler, cellpose, StarDist), matched by file name; default: segment nuclei.")] = None,
+    nuclear_channel: Annotated[Optional[str], typer.Option("--nuclear-channel", help="Channel name or 0-based index of the nuclei (default: a channel named DNA, DAPI, Hoechst ...).")] = None,
+    size: Annotated[int, typer.Option("--size", help="Crop side in px.")] = 64,
+    diameter: Annotated[float, typer.Option("--diameter", help="Typical nucleus diameter in px (segmentation and default area range).")] = 18.0,
+    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Smallest object area in px (default 0.25 x a disc of --diameter).")] = None,
+    max_area: Annotated[Optional[float], typer.Option("--max-area", help="Largest object area in px (default 3 x a disc of --diameter).")] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Segment fields of view and cut single-cell crops, with a manifest that explain reads directly."""
+    show = _setup(quiet, verbose)
+    from diffex.data.crop import CropConfig, crop_fields
+    from diffex.data.segment import NuclearSegmentation
+
+    def go():
+        cfg = CropConfig(size=size, nuclear_channel=nuclear_channel, labels=labels, min_area=min_area, max_area=max_area,
+                         segmentation=NuclearSegmentation(diameter=diameter))
+        return crop_fields(images, out, cfg, force=force, show_progress=show, command=_command_line())
+
+    totals = _run(go)
+    log.info("kept %d of %d objects", totals["kept"], totals["found"])
+    typer.echo(str(out / "crops.csv"))
 
 
 @app.command("train-diffusion")

@@ -18,7 +18,9 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,3 +238,24 @@ def read_image(path: str | Path, axes: str | None = None) -> Image:
         names = None
     validate_pixels(arr, path)
     return Image(data=np.ascontiguousarray(arr, dtype=np.float32), channel_names=names, dtype=str(arr.dtype))
+
+
+def write_ome_tiff(path: Path, image: np.ndarray, channel_names: tuple[str, ...]) -> None:
+    """Write a (C, Y, X) array as an OME-TIFF with channel names.
+
+    The OME UUID is derived from the pixels and channel names (tifffile's default is random), so
+    that the same image gives the same bytes.
+    """
+    import tifffile
+
+    content = hashlib.sha256(np.ascontiguousarray(image).tobytes() + "\0".join(channel_names).encode()).hexdigest()
+    # the UUID and everything else in the file follow from the content: same image, same bytes
+    tifffile.imwrite(
+        path,
+        image,
+        ome=True,
+        photometric="minisblack",
+        metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)},
+                  "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, content)}"},
+        compression="zlib",
+    )

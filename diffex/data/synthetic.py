@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from diffex.data.io import write_ome_tiff
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_dir
 
@@ -114,7 +115,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (n - n.mean()) / (n.std() + 1e-8)
 
 
-def _draw(rng: np.random.Generator, cf: ConditionFactors, spec: SyntheticSpec) -> dict[str, float]:
+def draw_factors(rng: np.random.Generator, cf: ConditionFactors, spec: SyntheticSpec) -> dict[str, float]:
     """Every random factor of one cell, drawn in a fixed order (positions in pixels of the output size)."""
     scale = spec.size / 64.0
     f = {"nucleus_radius": max(3.0, rng.normal(cf.nucleus_radius_mean, spec.nucleus_radius_sd)),
@@ -171,6 +172,18 @@ def _nucleus(rng: np.random.Generator, f: dict, xx: np.ndarray, yy: np.ndarray, 
     return nuc_mask, nuc_mask * (0.8 + 0.15 * chromatin), float(math.pi * a_nuc * b_nuc)
 
 
+def cell_signal(rng: np.random.Generator, f: dict, xx: np.ndarray, yy: np.ndarray,
+                scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Noise-free DNA and actin signal, nucleus mask (each (H, W), on the square grid ``xx, yy``) and nucleus area.
+
+    ``f`` holds one cell's factors as drawn by :func:`draw_factors`; positions are in grid units.
+    """
+    actin = _actin(rng, f, xx, yy, scale)
+    nuc_mask, dna, nucleus_area = _nucleus(rng, f, xx, yy, scale)
+    actin = actin * (1.0 - 0.5 * nuc_mask)  # the nucleus displaces some cytoplasm: actin is dimmer over it
+    return dna, actin, nuc_mask, nucleus_area
+
+
 def render_cell(
     rng: np.random.Generator, condition: str, spec: SyntheticSpec
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -186,11 +199,9 @@ def render_cell(
     if condition not in spec.conditions:
         raise DiffexError(f"unknown condition {condition!r}; spec has {sorted(spec.conditions)}")
     s, scale = spec.size, spec.size / 64.0
-    f = _draw(rng, spec.conditions[condition], spec)
+    f = draw_factors(rng, spec.conditions[condition], spec)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
-    actin = _actin(rng, f, xx, yy, scale)
-    nuc_mask, dna, nucleus_area = _nucleus(rng, f, xx, yy, scale)
-    actin = actin * (1.0 - 0.5 * nuc_mask)  # the nucleus displaces some cytoplasm: actin is dimmer over it
+    dna, actin, _, nucleus_area = cell_signal(rng, f, xx, yy, scale)
     psf = 0.8 * scale  # optics and sensor
     img = np.stack([ndimage.gaussian_filter(dna, psf) * spec.dna_peak, ndimage.gaussian_filter(actin, psf) * spec.actin_peak])
     img = img * f["gain"] + f["background"]
@@ -203,29 +214,6 @@ def render_cell(
         "brightness_gain": f["gain"], "background": float(f["background"]), "noise_sd": float(f["noise_sd"]),
     }
     return img, factors
-
-
-def write_ome_tiff(path: Path, image: np.ndarray, channel_names: tuple[str, ...]) -> None:
-    """Write a (C, Y, X) array as an OME-TIFF with channel names.
-
-    The OME UUID is derived from the pixels and channel names (tifffile's default is random), so
-    that the same image gives the same bytes.
-    """
-    import hashlib
-    import uuid
-
-    import tifffile
-
-    content = hashlib.sha256(np.ascontiguousarray(image).tobytes() + "\0".join(channel_names).encode()).hexdigest()
-    tifffile.imwrite(
-        path,
-        image,
-        ome=True,
-        photometric="minisblack",
-        metadata={"axes": "CYX", "Channel": {"Name": list(channel_names)},
-                  "UUID": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, content)}"},
-        compression="zlib",
-    )
 
 
 def _write_factors(path: Path, rows: list[dict]) -> None:
