@@ -275,6 +275,20 @@ def report_cmd(
     typer.echo(str(_run(lambda: write_report(experiment))))
 
 
+@app.command("index")
+def index_cmd(
+    root: Annotated[Path, typer.Argument(help="Folder whose experiment folders (any depth) to list.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Page to write (default: ROOT/index.html).")] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+):
+    """Write one offline HTML page over every experiment folder under ROOT, with links to their reports."""
+    _setup(quiet, verbose)
+    from diffex.report.index import write_index
+
+    typer.echo(str(_run(lambda: write_index(root, out))))
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Experiment folder to write.")] = Path("diffex-demo"),

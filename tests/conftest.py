@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,42 @@ def tiny_diffusion(cells, tmp_path_factory):
     )
     dm, gate = train_diffusion(cells, out, cfg, device="cpu", show_progress=False)
     return out, dm, gate
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture
+def browser_page():
+    """A headless Chromium page, offline, recording console problems and requests.
+
+    Yields ``(page, record)`` with ``record = {"problems": [...], "requests": [...]}``. Skips
+    without Chromium or Playwright, except on CI, where it fails (README, Setup, installs both).
+    """
+    chromium = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test: install Debian's chromium and `pip install -e .[test]` (README, Setup)")
+        pytest.skip("no Chromium or Playwright here (README, Setup, says how to install them)")
+    record: dict[str, list[str]] = {"problems": [], "requests": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: record["problems"].append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda exc: record["problems"].append(f"page error: {exc}"))
+            page.on("request", lambda r: record["requests"].append(r.url))
+            yield page, record
+        finally:
+            browser.close()

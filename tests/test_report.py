@@ -131,9 +131,9 @@ def test_missing_traversal_is_a_clear_error(hostile_experiment, tmp_path):
 
 
 def _svg(macro: str, data: dict) -> str:
-    from diffex.report.html import _environment
+    from diffex.report.html import environment
 
-    return _environment().from_string('{% from "plots.svg.j2" import ' + macro + " %}{{ " + macro + "(p) }}").render(p=data)
+    return environment().from_string('{% from "plots.svg.j2" import ' + macro + " %}{{ " + macro + "(p) }}").render(p=data)
 
 
 def test_plots():
@@ -177,67 +177,39 @@ def test_sample_report_size_and_content(sample_report):
     assert not URL.findall(html)
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.mark.browser
-def test_sample_report_in_headless_chromium(sample_report, tmp_path):
+def test_sample_report_in_headless_chromium(sample_report, tmp_path, browser_page):
     """Opens the report in a real browser: no console errors, no network requests, the slider changes the frame."""
-    chromium = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        chromium = None
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser test: install Debian's chromium and `pip install -e .[test]` (README, Setup)")
-        pytest.skip("no Chromium or Playwright here (README, Setup, says how to install them)")
+    page, record = browser_page
     shots = Path(os.environ.get("DIFFEX_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     url = sample_report.resolve().as_uri()
-    problems, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(url, wait_until="load")
-            section = page.locator("section.attribute").first
-            slider = section.locator("input.strength")
-            visible = section.locator("img.px:visible").first
+    page.goto(url, wait_until="load")
+    section = page.locator("section.attribute").first
+    slider = section.locator("input.strength")
+    visible = section.locator("img.px:visible").first
 
-            def state():
-                return visible.get_attribute("data-f"), visible.get_attribute("src"), section.locator("output.strength-value").inner_text()
+    def state():
+        return visible.get_attribute("data-f"), visible.get_attribute("src"), section.locator("output.strength-value").inner_text()
 
-            last = int(slider.get_attribute("max"))
-            before = state()
-            assert before[0] == str(last)
-            slider.fill("0")
-            after = state()
-            assert after[0] == "0" and after[1] != before[1] and after[2] != before[2], (before[2], after[2])
-            # one frame per view is visible at a time
-            n_views = section.locator("table.views td:not(.rowlabel)").count()
-            assert section.locator("img.px:visible").count() == n_views
-            section.locator(".strip img[data-frame='1']").first.click()
-            assert slider.input_value() == "1"
-            slider.fill(str(last))
-            page.screenshot(path=str(shots / "report-top.png"))
-            section.scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "report-attribute.png"))
-            page.screenshot(path=str(shots / "report-full.png"), full_page=True)
-        finally:
-            browser.close()
-    assert not problems, problems
-    assert [r for r in requests if r != url] == []
+    last = int(slider.get_attribute("max"))
+    before = state()
+    assert before[0] == str(last)
+    slider.fill("0")
+    after = state()
+    assert after[0] == "0" and after[1] != before[1] and after[2] != before[2], (before[2], after[2])
+    # one frame per view is visible at a time
+    n_views = section.locator("table.views td:not(.rowlabel)").count()
+    assert section.locator("img.px:visible").count() == n_views
+    section.locator(".strip img[data-frame='1']").first.click()
+    assert slider.input_value() == "1"
+    slider.fill(str(last))
+    page.screenshot(path=str(shots / "report-top.png"))
+    section.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "report-attribute.png"))
+    page.screenshot(path=str(shots / "report-full.png"), full_page=True)
+    assert not record["problems"], record["problems"]
+    assert [r for r in record["requests"] if r != url] == []
     assert (shots / "report-full.png").stat().st_size > 10_000
 
 

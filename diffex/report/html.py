@@ -182,7 +182,7 @@ def _section(out: Path, results: Results, att: Attribute, morph_rows: list[dict]
 
 # ------------------------------------------------------------------------------------ render
 @lru_cache(maxsize=1)
-def _environment():
+def environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(loader=PackageLoader("diffex.report", "templates"), autoescape=True, undefined=StrictUndefined,
@@ -204,7 +204,7 @@ def render_report(out: Path, results: Results, provenance: dict | None = None, m
     channels = [{"name": ch, "rgb": _rgb(PALETTE[i % len(PALETTE)]),
                  "range": f"{_num(ranges[ch][0])} – {_num(ranges[ch][1])}" if ch in ranges else "not recorded"}
                 for i, ch in enumerate(results.channel_names)]
-    return _environment().get_template("report.html.j2").render(
+    return environment().get_template("report.html.j2").render(
         r=results, prov=provenance, title=" vs ".join(results.conditions), channels=channels, channel_names=results.channel_names,
         sections=[_section(Path(out), results, a, morph_rows or []) for a in results.attributes],
         methods=methods_paragraph(results, provenance), config_text=config_text,
