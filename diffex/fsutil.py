@@ -147,3 +147,53 @@ def verify_checksums(folder: Path, name: str = "checksums.json") -> None:
             raise DiffexError(f"{p}: listed in {listing} but missing")
         if sha256_file(p) != expected:
             raise DiffexError(f"{p}: checksum differs from {listing}; the file was changed or damaged")
+
+
+LOCK_NAME = ".diffex.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) while the block runs.
+
+    A second process that asks for the same folder is refused at once with a
+    :class:`~diffex.errors.DiffexError` naming the holder. The lock is an ``flock`` on
+    ``folder/.diffex.lock``: the operating system releases it when the holder exits or is killed,
+    so a dead process never leaves it stuck. The (then empty) file stays, which is harmless.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()) / "exp"
+    >>> with folder_lock(d):
+    ...     pass
+    >>> (d / ".diffex.lock").exists()
+    True
+    """
+    import fcntl
+    import socket
+    import time
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DiffexError(f"{folder}: is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise DiffexError(f"{folder}: in use by {holder}; wait for it to finish, or choose another output folder") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"diffex (pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        fh.flush()
+        yield path
+    finally:
+        fh.truncate(0)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

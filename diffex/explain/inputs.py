@@ -128,6 +128,11 @@ def _diffusion_digest(path: Path, dm: DiffusionModel) -> str:
     return digest(model_digest(path), json.dumps(info.normalization.to_dict()) if info.normalization else "identity")
 
 
+def default_out(images) -> Path:
+    """The experiment folder when none is given: ``diffex-<images name>``."""
+    return Path(f"diffex-{Path(images).stem}")
+
+
 def prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
     """Refuse a finished experiment (without ``force``) or an unfinished one with other settings; write the config."""
     resolved = out / "config.resolved.json"
@@ -203,7 +208,7 @@ def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, d
     class_names = list(clf.info.class_names)
     records, conds, n_available = _records(images, class_names, cfg)
     unit, groups = bootstrap_groups(records, cfg.bootstrap_unit, images)
-    out = Path(out) if out else Path(f"diffex-{Path(images).stem}")
+    out = Path(out) if out else default_out(images)
     prepare_out(out, to_dict(cfg), force)
     imgs = load_images(records, dm.info.image_size, dm.info.resize_mode, axes=axes,
                        expect_channels=dm.info.in_channels, show_progress=show_progress)

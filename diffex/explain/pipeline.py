@@ -27,7 +27,7 @@ from pathlib import Path
 
 from diffex.explain.config import ExplainConfig
 from diffex.explain.describe import describe_stage
-from diffex.explain.inputs import open_experiment
+from diffex.explain.inputs import default_out, open_experiment
 from diffex.explain.invert import invert_stage
 from diffex.explain.search import (
     candidates_stage,
@@ -37,6 +37,7 @@ from diffex.explain.search import (
 )
 from diffex.explain.select import evaluation_stage, select_stage, statistics_stage
 from diffex.explain.write import build_results, write_stage
+from diffex.fsutil import folder_lock
 from diffex.progress import make_progress
 from diffex.report.results import Attribute, Results
 
@@ -75,20 +76,22 @@ def explain(classifier: str | Path, images: str | Path, out: str | Path | None =
     diffusion_normalization : JSON file (or Normalization) for a diffusion model folder without diffex.json
     """
     t_start = time.time()
-    exp = open_experiment(classifier, images, out, diffusion, config or ExplainConfig(), device=device, axes=axes,
-                          trust_checkpoint=trust_checkpoint, force=force, command=command, show_progress=show_progress,
-                          diffusion_normalization=diffusion_normalization)
-    with make_progress(show_progress) as progress:
-        inv = invert_stage(exp, progress)
-        grads = gradients_stage(exp, inv, progress)
-        cands_key, cands = candidates_stage(exp, inv, grads, progress)
-        shortlist = screen_stage(exp, inv, grads, cands_key, cands)
-        table = effect_table_stage(exp, inv, cands, shortlist, progress)
-        picks = select_stage(exp, inv, shortlist, table)
-        ev = evaluation_stage(exp, inv, cands_key, cands, picks, progress)
-        attributes = statistics_stage(exp, inv, cands, shortlist, picks, ev)
-        attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, ev, attributes, progress)
-    results = build_results(exp, inv, grads, cands, shortlist, table, attributes, t_start)
-    write_stage(exp, inv, results, morphology_rows)
+    out = Path(out) if out else default_out(images)
+    with folder_lock(out):  # a second process on the same folder is refused; released if this one dies
+        exp = open_experiment(classifier, images, out, diffusion, config or ExplainConfig(), device=device, axes=axes,
+                              trust_checkpoint=trust_checkpoint, force=force, command=command, show_progress=show_progress,
+                              diffusion_normalization=diffusion_normalization)
+        with make_progress(show_progress) as progress:
+            inv = invert_stage(exp, progress)
+            grads = gradients_stage(exp, inv, progress)
+            cands_key, cands = candidates_stage(exp, inv, grads, progress)
+            shortlist = screen_stage(exp, inv, grads, cands_key, cands)
+            table = effect_table_stage(exp, inv, cands, shortlist, progress)
+            picks = select_stage(exp, inv, shortlist, table)
+            ev = evaluation_stage(exp, inv, cands_key, cands, picks, progress)
+            attributes = statistics_stage(exp, inv, cands, shortlist, picks, ev)
+            attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, ev, attributes, progress)
+        results = build_results(exp, inv, grads, cands, shortlist, table, attributes, t_start)
+        write_stage(exp, inv, results, morphology_rows)
     log.info("explain finished in %.0f s: %s", time.time() - t_start, exp.out)
     return ExplainResult(exp.out, results)
