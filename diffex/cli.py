@@ -100,7 +100,9 @@ def synthetic_cmd(
         if fields:
             from diffex.data.synthetic_fields import FieldSpec, generate_fields
 
-            return generate_fields(out, n_per_condition, seed, FieldSpec(size=field_size, cell=spec or SyntheticSpec()), force=force)
+            area = (field_size / 256) ** 2  # 12 cells and 2 touching pairs per 256 x 256 px
+            fspec = FieldSpec(size=field_size, cells=max(1, round(12 * area)), touching_pairs=round(2 * area), cell=spec or SyntheticSpec())
+            return generate_fields(out, n_per_condition, seed, fspec, force=force)
         return generate_dataset(out, n_per_condition, seed, spec=spec, ground_truth=ground_truth, force=force)
 
     gt = _run(go)
