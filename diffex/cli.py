@@ -62,6 +62,9 @@ def _run(fn):
     except DiffexError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # a file system failure outside diffex's own checks: name the file, no traceback
+        typer.echo(f"error: {exc.filename or 'file system'}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; finished results are kept and a rerun resumes", err=True)
         raise typer.Exit(130) from None

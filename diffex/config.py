@@ -96,7 +96,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise DiffexError(f"{path}: cannot read config: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise DiffexError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DiffexError(f"{path}: not valid YAML{where}: {problem}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ place when complete, so an interrupted run leaves either the old result or the n
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -41,6 +42,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+NO_ROOM = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """Turn a full disk, a read-only or forbidden destination into a DiffexError naming ``dest``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        raise DiffexError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
+
+
 def refuse_overwrite(path: Path, force: bool, what: str = "result") -> None:
     """Raise unless ``path`` is absent or ``force`` is set."""
     if path.exists() and not force:
@@ -64,11 +79,13 @@ def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
     """
     dest = Path(dest)
     refuse_overwrite(dest, force)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    with _writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results should be shareable
     try:
-        yield tmp
+        with _writing(dest):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -87,10 +104,11 @@ def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
 def atomic_file(dest: str | Path, mode: str = "w") -> Iterator:
     """Open a temporary file beside ``dest`` for writing; rename it to ``dest`` on success."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    with _writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
-        with os.fdopen(fd, mode) as fh:
+        with _writing(dest), os.fdopen(fd, mode) as fh:
             yield fh
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, dest)
@@ -159,14 +177,15 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     A second process that asks for the same folder is refused at once with a
     :class:`~diffex.errors.DiffexError` naming the holder. The lock is an ``flock`` on
     ``folder/.diffex.lock``: the operating system releases it when the holder exits or is killed,
-    so a dead process never leaves it stuck. The (then empty) file stays, which is harmless.
+    so a dead process never leaves it stuck. The (then empty) file stays, which is harmless; a
+folder this call created and in which nothing else was written is removed again.
 
     Example
     -------
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp()) / "exp"
     >>> with folder_lock(d):
-    ...     pass
+    ...     _ = (d / "result.txt").write_text("done")
     >>> (d / ".diffex.lock").exists()
     True
     """
@@ -177,6 +196,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DiffexError(f"{folder}: is a file, not a folder")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
@@ -195,5 +215,9 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         yield path
     finally:
         fh.truncate(0)
+        if created and os.listdir(folder) == [LOCK_NAME]:  # refused before writing anything: leave no folder behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+                folder.rmdir()
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()

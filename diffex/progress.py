@@ -109,4 +109,6 @@ def setup_logging(verbose: int = 0) -> None:
     )
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "tifffile", "diffusers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # tifffile logs an ERROR of its own for a corrupt file, before diffex raises one naming the file
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     logging.captureWarnings(True)

@@ -12,7 +12,7 @@ PACKAGE = REPO / "diffex"
 # Layers from the bottom up; a module may import from its own layer and the layers below it.
 LAYERS = {"helpers": 0, "data": 1, "models": 2, "report": 3, "explain": 4, "top": 5}
 HELPERS = {"errors", "config", "fsutil", "progress", "runtime"}
-TOP = {"cli", "inspect", "__init__", "__main__"}
+TOP = {"cli", "inspect", "workflow", "__init__", "__main__"}
 
 
 def layer_of(module: str) -> str:

@@ -110,13 +110,21 @@ def _from_manifest(manifest: Path) -> list[Record]:
     extra = [c for c in header if c not in MANIFEST_REQUIRED + MANIFEST_OPTIONAL]
     if extra:
         log.info("%s: ignoring manifest columns %s", manifest, extra)
-    records = []
+    records, seen = [], {}
+    base = manifest.parent.resolve()
     for line, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         if not row.get("path") or not row.get("condition"):
             raise InputError(manifest, f"line {line}: empty path or condition")
         p = Path(row["path"])
+        if not p.is_absolute() and not (base / p).resolve().is_relative_to(base):
+            raise InputError(manifest, f"line {line}: {row['path']} lies outside the manifest's folder {base}; "
+                                       "move the manifest up or give an absolute path")
         p = p if p.is_absolute() else manifest.parent / p
+        key = p.resolve()
+        if key in seen:
+            raise InputError(manifest, f"line {line}: {p} is listed twice (also on line {seen[key]})")
+        seen[key] = line
         if not p.is_file():
             raise InputError(manifest, f"line {line}: image {p} does not exist")
         if not is_image_file(p):

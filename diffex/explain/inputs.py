@@ -31,7 +31,7 @@ from diffex.data.dataset import (
     require_conditions,
     stratified_indices,
 )
-from diffex.errors import DiffexError
+from diffex.errors import DiffexError, InputError
 from diffex.explain.cache import digest, model_digest
 from diffex.explain.config import ExplainConfig
 from diffex.fsutil import atomic_file, sha256_file, write_json
@@ -166,6 +166,10 @@ def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[R
     missing = [c for c in conds if c not in class_names]
     if missing:
         raise DiffexError(f"{images}: conditions {missing} are not classes of the classifier {class_names}")
+    few = {c: n for c in conds if (n := sum(r.condition == c for r in records)) < 2}
+    if few:
+        raise InputError(images, "; ".join(f"condition {c!r} has {n} image" for c, n in few.items())
+                         + ": explain needs at least 2 images per condition (one to select on, one to evaluate)")
     labels = np.array([class_names.index(r.condition) for r in records])
     kept = stratified_indices(labels, cfg.max_images, cfg.seed)
     return [records[i] for i in kept], conds, len(records)
