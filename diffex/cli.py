@@ -303,7 +303,7 @@ def demo_cmd(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ):
-    """Explain the shipped sample classifier on the shipped held-out cells (about 4 min on 2 CPU cores)."""
+    """Explain the shipped sample classifier on the shipped held-out cells (about 2 min on 2 CPU cores)."""
     show = _setup(quiet, verbose)
     from diffex.explain import ExplainConfig, explain, sample_data_dir
 
