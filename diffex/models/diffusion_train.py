@@ -46,6 +46,42 @@ from diffex.runtime import describe_device, resolve_device, software_versions
 log = logging.getLogger(__name__)
 
 
+TRAINED_PREDICTIONS = ("epsilon", "v_prediction")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# settings added after states were first saved: a state without them was made with these values
+FINGERPRINT_DEFAULTS = {"prediction_type": "epsilon", "loss_weighting": "none", "min_snr_gamma": 5.0}
+
+
+def loss_weights(acp_t: torch.Tensor, prediction_type: str, weighting: str, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights from alpha-bar at the sampled timesteps, shape (B,).
+
+    Min-SNR weighting (Hang et al. 2023) with SNR = acp / (1 - acp): ``min(SNR, gamma) / SNR`` for
+    epsilon targets and ``min(SNR, gamma) / (SNR + 1)`` for v targets; ones without weighting.
+
+    Example
+    -------
+    >>> acp = torch.tensor([0.5, 10 / 11])          # SNR 1 and 10
+    >>> [round(w, 4) for w in loss_weights(acp, "epsilon", "min_snr", 5.0).tolist()]
+    [1.0, 0.5]
+    >>> [round(w, 4) for w in loss_weights(acp, "v_prediction", "min_snr", 5.0).tolist()]
+    [0.5, 0.4545]
+    """
+    if weighting == "none":
+        return torch.ones_like(acp_t)
+    snr = acp_t / (1 - acp_t)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
+
+
+def training_target(x0: torch.Tensor, noise: torch.Tensor, acp_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the UNet learns to predict at x_t = sqrt(a) x0 + sqrt(1 - a) noise: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
+    if prediction_type == "epsilon":
+        return noise
+    a = acp_t[:, None, None, None]
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
     """Settings of ``diffex train-diffusion``; unknown keys in a YAML config are errors."""
@@ -59,7 +95,10 @@ class DiffusionTrainConfig:
     ema_max_decay: float = 0.999
     unet: UNetSpec = field(default_factory=UNetSpec)
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
+    beta_schedule: str = "linear"  # or "squaredcos_cap_v2" (cosine)
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    loss_weighting: str = "none"  # or "min_snr": min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v
+    min_snr_gamma: float = 5.0
     augment: str = "dihedral"
     heldout_fraction: float = 0.1
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
@@ -72,6 +111,12 @@ class DiffusionTrainConfig:
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
             raise DiffexError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        for name, allowed in (("prediction_type", TRAINED_PREDICTIONS), ("loss_weighting", LOSS_WEIGHTINGS),
+                              ("beta_schedule", BETA_SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise DiffexError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.min_snr_gamma > 0:
+            raise DiffexError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
         for name in ("size", "steps", "batch_size", "checkpoint_every", "gate_samples"):
             if getattr(self, name) < 1:
                 raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -126,7 +171,7 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     if not state_path.exists():
         return run
     state = torch.load(state_path, map_location=dev, weights_only=True)
-    saved, now = json.loads(state["fingerprint"]), _config_fingerprint(cfg)
+    saved, now = {**FINGERPRINT_DEFAULTS, **json.loads(state["fingerprint"])}, _config_fingerprint(cfg)
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise DiffexError(f"{state_path}: training state was made with other settings ({', '.join(diff)}); "
@@ -151,7 +196,7 @@ def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path) -> None:
 
 
 def _train_step(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp: torch.Tensor, dev: torch.device) -> float:
-    """One optimizer step of the epsilon-prediction loss; EMA update; returns the loss."""
+    """One optimizer step of the (weighted) epsilon- or v-prediction loss; EMA update; returns the loss."""
     g = run.g
     idx = torch.randint(0, len(x_train), (cfg.batch_size,), generator=g)
     x0 = augment(x_train[idx.to(dev)], cfg.augment, g)  # (B, C, H, W)
@@ -163,7 +208,9 @@ def _train_step(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp
         group["lr"] = cfg.lr * _lr_factor(run.step, cfg.warmup_steps)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         pred = run.unet(xt, t).sample
-    loss = F.mse_loss(pred.float(), noise)
+    target = training_target(x0, noise, acp[t], cfg.prediction_type)
+    per_sample = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    loss = (loss_weights(acp[t], cfg.prediction_type, cfg.loss_weighting, cfg.min_snr_gamma) * per_sample).mean()
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     params = list(run.unet.parameters())
@@ -259,7 +306,7 @@ def train_diffusion(
     run = _start(cfg, data.raw.shape[1], train_raw, dev, state_path)
     info = DiffusionInfo(in_channels=data.raw.shape[1], image_size=cfg.size, channel_names=data.channel_names,
                          normalization=run.norm, resize_mode=cfg.resize_mode, source=str(out))
-    model = DiffusionModel(run.unet, default_scheduler_config(cfg.num_train_timesteps, cfg.beta_schedule), info)
+    model = DiffusionModel(run.unet, default_scheduler_config(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type), info)
     model.unet.train()
     x_train = model.to_model_space(torch.from_numpy(train_raw)).to(dev)  # (N, C, H, W) in [-1, 1]
     log.info("training a %.2f M-parameter UNet on %d images (%d held out) at %dx%d on %s",

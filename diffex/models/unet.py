@@ -65,12 +65,13 @@ def build_unet(spec: UNetSpec, in_channels: int, size: int):
     )
 
 
-def default_scheduler_config(num_train_timesteps: int = 1000, beta_schedule: str = "linear") -> dict:
-    """DDPM schedule config as diffusers writes it (epsilon prediction, no clipping)."""
+def default_scheduler_config(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                             prediction_type: str = "epsilon") -> dict:
+    """DDPM schedule config as diffusers writes it (no clipping)."""
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(
-        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type="epsilon", clip_sample=False
+        num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=False
     )
     return dict(sched.config)
 
