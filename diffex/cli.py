@@ -76,7 +76,12 @@ def _config(build, yaml_path: Path | None, **flags):
 
     base = load_yaml(yaml_path) if yaml_path else {}
     base.update({k: v for k, v in flags.items() if v is not None})
-    return build(base)
+    try:
+        return build(base)
+    except DiffexError as exc:
+        if yaml_path is None:
+            raise
+        raise DiffexError(f"{yaml_path} (or the flags): {exc}") from exc
 
 
 @app.command("synthetic")

@@ -202,7 +202,10 @@ folder this call created and in which nothing else was written is removed again.
     fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
+        if not isinstance(exc, BlockingIOError):
+            fh.close()
+            raise DiffexError(f"{folder}: cannot lock ({exc.strerror}); the file system may not support locks") from exc
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()

@@ -125,9 +125,14 @@ def workflow_config(data: Any, path: str | Path) -> WorkflowConfig:
     base = path.parent
     experiments = {str(k): _experiment(k, v, base, f"{where}: experiments.{k}") for k, v in entries.items()}
     slurm = _options(data.get("slurm"), {"account", "partition", "gpu_partition", "runtime_min", "mem_mb"}, f"{where}: slurm")
+    counts = {}
+    for key, default in (("threads", 2), ("gpu", 0)):
+        value = data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DiffexError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
+        counts[key] = value
     return WorkflowConfig(out=_path(data.get("out", "results"), base, f"{where}: out", must_exist=False),
-                          threads=int(data.get("threads", 2)), gpu=int(data.get("gpu", 0)), slurm=slurm,
-                          experiments=experiments)
+                          threads=max(1, counts["threads"]), gpu=counts["gpu"], slurm=slurm, experiments=experiments)
 
 
 def cli_options(options: dict[str, Any], flags: dict[str, str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_exclusions_by_reason():
     reasons = {o["object"]: o["reason"] for o in field_objects(labels, cfg)}
     assert reasons == {1: REASONS[0], 2: REASONS[1], 3: REASONS[2], 4: REASONS[3], 5: None}
     kept = next(o for o in field_objects(labels, cfg) if o["object"] == 5)
-    assert (kept["centroid_y"], kept["centroid_x"], kept["area"], kept["y0"], kept["x0"]) == (49.5, 64.5, 100, 34, 48)
+    assert (kept["centroid_y"], kept["centroid_x"], kept["area"], kept["y0"], kept["x0"]) == (49.5, 64.5, 100, 34, 49)
 
 
 def test_nuclear_channel_choice(tmp_path):
@@ -122,7 +123,7 @@ def test_crop_outputs(fov, tmp_path):
     r = rows[0]
     crop = read_image(out / r["path"])
     field = read_image(root / "fov" / r["field"])
-    y0, x0 = round(float(r["centroid_y"])) - 24, round(float(r["centroid_x"])) - 24
+    y0, x0 = math.floor(float(r["centroid_y"]) + 0.5) - 24, math.floor(float(r["centroid_x"]) + 0.5) - 24  # halves round up
     assert crop.dtype == "uint16" and crop.channel_names == ("DNA", "Actin")
     np.testing.assert_array_equal(crop.data, field.data[:, y0:y0 + 48, x0:x0 + 48])
     # explain reads the manifest directly

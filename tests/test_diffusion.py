@@ -87,6 +87,18 @@ def test_resume_with_other_settings_is_refused(cells, tiny_diffusion, tmp_path):
         train_diffusion(cells, out, _tiny_cfg(steps=4, lr=1e-3), device="cpu", show_progress=False, force=True)
 
 
+def test_resume_on_other_images_is_refused(cells, tmp_path):
+    """A finished run's state is not reused for other training images (a rerun after the data changed)."""
+    from diffex.data.synthetic import generate_dataset
+
+    other = tmp_path / "other"
+    generate_dataset(other, n_per_condition=12, seed=99)
+    out = tmp_path / "dm"
+    train_diffusion(cells, out, _tiny_cfg(steps=2), device="cpu", show_progress=False)
+    with pytest.raises(DiffexError, match=r"other settings \(training images\)"):
+        train_diffusion(other, out, _tiny_cfg(steps=4), device="cpu", show_progress=False, force=True)
+
+
 def test_foreign_pipeline_layout_loads(tmp_path):
     from diffusers import DDPMScheduler
 

@@ -48,6 +48,7 @@ def test_rows(experiments):
         [(a.target, a.name, a.mean_delta_p, a.flip_rate, a.baseline_at_target) for a in firsts]
     assert row["conditions"] == [(c, r.per_condition[c]) for c in r.conditions] and row["gate"] == r.quality_gate_passed
     assert row["report"] == "lab-a/exp1/report.html" and row["error"] is None
+    assert experiment_row(folders[1], experiments)["report"] == "lab-b/%3Cscript%3Ealert%281%29%3C/script%3E/report.html"
     old = experiment_row(folders[2], experiments)
     assert "format version 1" in old["error"] or "not a diffex explain result" in old["error"]
 
@@ -86,6 +87,8 @@ def test_index_in_headless_chromium(experiments, tmp_path, browser_page):
     page.locator("th[data-col='0']").click()
     page.locator("th[data-col='0']").click()  # descending
     assert first_column() == ["lab-c/old", "lab-b/<script>alert(1)</script>", "lab-a/exp1"]
+    page.locator("th[data-col='4']").click()  # the gate column, where the unreadable row has a cell too
+    assert first_column() == ["lab-c/old", "lab-b/<script>alert(1)</script>", "lab-a/exp1"]  # -1, failed 0, failed 0
     page.fill("#filter", "lab-a")
     assert first_column() == ["lab-a/exp1"] and page.locator("#shown").inner_text() == "1"
     page.fill("#filter", "")

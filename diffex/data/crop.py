@@ -106,7 +106,11 @@ def find_labels(folder: Path, field_path: Path) -> Path:
     """The label image for a field: same stem, optionally ``_labels``/``_masks``/``_cp_masks``..., any image suffix."""
     stem = _stem(field_path)
     wanted = {f"{stem}{s}".lower() for s in LABEL_SUFFIXES}
-    hits = [p for p in folder.rglob("*") if p.is_file() and _stem(p).lower() in wanted and p.suffix.lower() in IMAGE_SUFFIXES]
+    hits = [p for p in folder.rglob("*") if p.is_file() and _stem(p).lower() in wanted and p.suffix.lower() in IMAGE_SUFFIXES
+            and p.resolve() != field_path.resolve()]  # masks may lie beside the fields: never the field itself
+    if len(hits) > 1:  # the same field name in several conditions: the label image in the field's own subfolder
+        same = [p for p in hits if p.parent.name == field_path.parent.name]
+        hits = same or hits
     if not hits:
         raise InputError(field_path, f"no label image in {folder} (looked for {stem}{{{','.join(LABEL_SUFFIXES[1:])}}}.tif/.png)")
     if len(hits) > 1:
@@ -137,11 +141,19 @@ def read_labels(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def window_start(centroid: float, size: int) -> int:
+    """First pixel of a ``size`` window centred on ``centroid`` (halves round up, not to even).
+
+    >>> window_start(49.5, 32), window_start(64.5, 32), window_start(10.2, 8)
+    (34, 49, 6)
+    """
+    return math.floor(centroid + 0.5) - size // 2
+
+
 def field_objects(labels: np.ndarray, cfg: CropConfig) -> list[dict]:
     """Every labelled object with centroid, area and the reason it is excluded (``None`` if kept)."""
     lo, hi = cfg.area_range()
     ny, nx = labels.shape
-    half = cfg.size // 2
     out = []
     for sl, lab in zip(ndimage.find_objects(labels), range(1, int(labels.max()) + 1)):
         if sl is None:
@@ -149,7 +161,7 @@ def field_objects(labels: np.ndarray, cfg: CropConfig) -> list[dict]:
         mask = labels[sl] == lab
         area = int(mask.sum())
         cy, cx = (float(c) + s.start for c, s in zip(ndimage.center_of_mass(mask), sl))
-        y0, x0 = round(cy) - half, round(cx) - half
+        y0, x0 = window_start(cy, cfg.size), window_start(cx, cfg.size)
         if sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == ny or sl[1].stop == nx:
             reason = REASONS[0]
         elif area < lo:
@@ -162,6 +174,11 @@ def field_objects(labels: np.ndarray, cfg: CropConfig) -> list[dict]:
             reason = None
         out.append({"object": lab, "centroid_y": cy, "centroid_x": cx, "area": area, "y0": y0, "x0": x0, "reason": reason})
     return out
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file-name-safe path component (no separators, no ``..``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip(".") or "_"
 
 
 def _field_name(record: Record, source: Path) -> str:
@@ -188,7 +205,7 @@ def _crop_one(record: Record, source: Path, tmp: Path, cfg: CropConfig) -> tuple
         if o["reason"] is not None:
             continue
         crop = img.data[:, o["y0"]: o["y0"] + cfg.size, o["x0"]: o["x0"] + cfg.size].astype(img.dtype)  # (C, size, size)
-        rel = f"crops/{record.condition}/{name}_obj{o['object']:04d}.ome.tif"
+        rel = f"crops/{safe_name(record.condition)}/{name}_obj{o['object']:04d}.ome.tif"
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         write_ome_tiff(tmp / rel, crop, names)
         rows.append({"path": rel, "condition": record.condition, "plate": record.plate or "", "well": record.well or "",
@@ -245,6 +262,12 @@ def crop_fields(source: str | Path, out: str | Path, cfg: CropConfig | None = No
     if cfg.labels is not None and not Path(cfg.labels).is_dir():
         raise InputError(cfg.labels, "label folder does not exist")
     rows, summaries, by_condition = [], [], {c: [] for c in conditions}
+    names: dict[tuple[str, str], Path] = {}
+    for r in records:  # two fields whose names clean to the same string would overwrite each other's crops
+        key = (safe_name(r.condition), _field_name(r, source))
+        if key in names:
+            raise InputError(r.path, f"its crops would have the same names as those of {names[key]}; rename one of them")
+        names[key] = r.path
     with atomic_dir(out, force=force) as tmp:
         for record in progress(records, "cropping fields", enabled=show_progress):
             r, s, crops = _crop_one(record, source, tmp, cfg)
@@ -257,7 +280,7 @@ def crop_fields(source: str | Path, out: str | Path, cfg: CropConfig | None = No
         _write_tables(tmp, rows, summaries)
         for condition, crops in by_condition.items():
             if crops:
-                PILImage.fromarray(montage(crops)).save(tmp / f"qc_{condition}.png")
+                PILImage.fromarray(montage(crops)).save(tmp / f"qc_{safe_name(condition)}.png")
         totals = {"fields": len(records), "found": sum(s["found"] for s in summaries), "kept": len(rows),
                   "excluded": {r: sum(s[r] for s in summaries) for r in REASONS},
                   "kept_per_condition": {c: sum(r["condition"] == c for r in rows) for c in conditions}}

@@ -78,7 +78,7 @@ def segment_nuclei(channel: np.ndarray, cfg: NuclearSegmentation | None = None) 
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n in order of first appearance (row-major), int32."""
+    """Labels renumbered 1..n in increasing order of their old numbers, int32."""
     ids = np.unique(labels[labels > 0])
     lut = np.zeros(int(labels.max()) + 1, np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)

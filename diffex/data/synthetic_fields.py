@@ -172,5 +172,5 @@ def generate_fields(out: Path, n_per_condition: int, seed: int, spec: FieldSpec 
         w = csv.DictWriter(fh, fieldnames=list(OBJECT_COLUMNS))
         w.writeheader()
         w.writerows({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    log.info("wrote %d fields (%d objects) to %s, labels to %s", 2 * n_per_condition, len(rows), out, truth)
+    log.info("wrote %d fields (%d objects) to %s, labels to %s", len(spec.cell.conditions) * n_per_condition, len(rows), out, truth)
     return table

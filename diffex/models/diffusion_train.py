@@ -15,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -157,6 +159,7 @@ class _Run:
     step: int = 0
     elapsed: float = 0.0
     loss_avg: float = float("nan")
+    data: str = ""  # digest of the training images: a state made on other images is not resumed
 
 
 def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.device, state_path: Path) -> _Run:
@@ -167,11 +170,13 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), Normalization.fit(train_raw, cfg.percentiles))
+    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), Normalization.fit(train_raw, cfg.percentiles),
+               data=hashlib.sha256(np.ascontiguousarray(train_raw).tobytes()).hexdigest()[:24])
     if not state_path.exists():
         return run
     state = torch.load(state_path, map_location=dev, weights_only=True)
-    saved, now = {**FINGERPRINT_DEFAULTS, **json.loads(state["fingerprint"])}, _config_fingerprint(cfg)
+    saved = {**FINGERPRINT_DEFAULTS, "training images": run.data, **json.loads(state["fingerprint"])}
+    now = {**_config_fingerprint(cfg), "training images": run.data}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise DiffexError(f"{state_path}: training state was made with other settings ({', '.join(diff)}); "
@@ -190,7 +195,7 @@ def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path) -> None:
     """Write the resumable training state (models, optimizer, generator, progress) atomically to ``state_path``."""
     state = {"step": run.step, "elapsed_s": run.elapsed, "loss_avg": run.loss_avg, "model": run.unet.state_dict(),
              "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(), "generator": run.g.get_state(),
-             "fingerprint": json.dumps(_config_fingerprint(cfg)), "normalization": json.dumps(run.norm.to_dict())}
+             "fingerprint": json.dumps({**_config_fingerprint(cfg), "training images": run.data}), "normalization": json.dumps(run.norm.to_dict())}
     with atomic_file(state_path, "wb") as fh:
         torch.save(state, fh)
 

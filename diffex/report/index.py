@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file
@@ -59,8 +60,8 @@ def experiment_row(folder: Path, root: Path) -> dict:
     rel = folder.relative_to(root).as_posix() or "."
     stamp = dt.datetime.fromtimestamp((folder / "results.json").stat().st_mtime, tz=dt.timezone.utc)
     row = {"experiment": rel, "date": stamp.strftime("%Y-%m-%d %H:%M"), "report": None, "error": None}
-    if (folder / "report.html").is_file():
-        row["report"] = f"{rel}/report.html" if rel != "." else "report.html"
+    if (folder / "report.html").is_file():  # percent-encoded: no scheme (javascript:), no #, ? or % surprises
+        row["report"] = quote(f"{rel}/report.html" if rel != "." else "report.html")
     try:
         r = read_results(folder / "results.json")
     except DiffexError as exc:

@@ -143,8 +143,8 @@ def _manifest_cases(root: Path, rng) -> list[Case]:
 
 def _label_cases(root: Path, rng) -> list[Case]:
     cases = []
-    for name, labels, msg in (("labels-wrong-shape", np.ones((10, 10), np.uint16), r"control_0\.tif: label image is 10 x 10 px"),
-                              ("labels-no-objects", np.zeros((64, 64), np.uint16), r"control_0\.tif: label image has no objects")):
+    for name, labels, msg in (("labels-wrong-shape", np.ones((10, 10), np.uint16), r"labels/control_0\.tif: label image is 10 x 10 px"),
+                              ("labels-no-objects", np.zeros((64, 64), np.uint16), r"labels/control_0\.tif: label image has no objects")):
         d = _good_set(root / name / "fields", rng, n=1)
         (root / name / "labels").mkdir()
         for cond in ("control", "treated"):
@@ -185,8 +185,8 @@ def _model_cases(root: Path, rng, clf: Path, dm: Path) -> list[Case]:
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2)), pick / "model.pt")
     (pick / "model.json").write_text(json.dumps({"class_names": ["control", "treated"], "normalization": {"low": [0, 0], "high": [4000, 4000]}}))
     cases.append(Case("pickle-untrusted", explain_with("{case}/model.pt", "{dm}"), r"model\.pt: .*--trust-checkpoint"))
-    for name, text, msg in (("yaml-unknown-key", "steps: 3\ncolour: blue\n", r"unknown key\(s\) \['colour'\]"),
-                            ("yaml-wrong-type", "steps: many\n", r"steps"),
+    for name, text, msg in (("yaml-unknown-key", "steps: 3\ncolour: blue\n", r"exp\.yaml.*unknown key\(s\) \['colour'\]"),
+                            ("yaml-wrong-type", "steps: many\n", r"exp\.yaml.*steps"),
                             ("yaml-not-yaml", "steps: [3\n", r"exp\.yaml: not valid YAML")):
         (root / name).mkdir()
         (root / name / "exp.yaml").write_text(text)
@@ -194,7 +194,7 @@ def _model_cases(root: Path, rng, clf: Path, dm: Path) -> list[Case]:
     (root / "train-diffusion-yaml").mkdir()
     (root / "train-diffusion-yaml" / "t.yaml").write_text("steps: 2\nlearning_rate: 1\n")
     cases.append(Case("train-diffusion-yaml", ["train-diffusion", "--images", str(images), "--out", "{case}/out", "--config",
-                                               "{case}/t.yaml"], r"unknown key\(s\) \['learning_rate'\]"))
+                                               "{case}/t.yaml"], r"t\.yaml.*unknown key\(s\) \['learning_rate'\]"))
     (root / "inspect-missing-model").mkdir()
     cases.append(Case("inspect-missing-model", ["inspect", "--classifier", "{case}/nothing", "--images", str(images)],
                       r"inspect-missing-model/nothing: .*(no such|does not exist|not found)"))
