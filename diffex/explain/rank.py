@@ -77,9 +77,14 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
 
 def lower_bound(values: np.ndarray, n_boot: int = 1000, seed: int = 0, confidence: float = SELECTION_CONFIDENCE,
                 groups: np.ndarray | None = None) -> float:
-    """One-sided percentile bootstrap lower confidence bound of the mean (-inf for fewer than two values:
-    one image says nothing about how variable the effect is)."""
-    if len(values) < 2:
+    """One-sided percentile bootstrap lower confidence bound of the mean (-inf for fewer than two units:
+    one image, or the images of one replicate, say nothing about how variable the effect is).
+
+    >>> lower_bound(np.array([0.2, 0.3, 0.25]), groups=np.array(["r1", "r1", "r1"]))
+    -inf
+    """
+    n_units = len(values) if groups is None else len(np.unique(np.asarray(groups)))
+    if len(values) < 2 or n_units < 2:
         return float("-inf")
     return float(np.quantile(_resample_means(values, groups, n_boot, seed), 1 - confidence))
 
