@@ -93,6 +93,7 @@ def synthetic_cmd(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML of generator parameters (SyntheticSpec; default: the sample data's).")] = None,
     fields: Annotated[bool, typer.Option("--fields", help="Fields of view with many cells (and true nucleus labels) instead of single cells; --n fields per condition.")] = False,
     field_size: Annotated[int, typer.Option("--field-size", help="With --fields: side of a field in px.")] = 256,
+    modality: Annotated[str, typer.Option("--modality", help="microscopy (single cells) or ct (lung nodule patches in HU, DICOM; needs the ct extra).")] = "microscopy",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -104,6 +105,14 @@ def synthetic_cmd(
     def go():
         from diffex.config import load_yaml
 
+        if modality not in ("microscopy", "ct"):
+            raise DiffexError(f"--modality must be microscopy or ct, got {modality!r}")
+        if modality == "ct":
+            from diffex.data.synthetic_ct import generate_ct_dataset
+
+            if config or fields:
+                raise DiffexError("--modality ct takes neither --config nor --fields")
+            return generate_ct_dataset(out, n_per_condition, seed, ground_truth=ground_truth, force=force)
         spec = spec_from_dict(load_yaml(config)) if config else None
         if fields:
             from diffex.data.synthetic_fields import FieldSpec, generate_fields
@@ -158,6 +167,8 @@ def train_diffusion_cmd(
     config: ConfigOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
+    classifier: Annotated[Optional[Path], typer.Option("--classifier", help="With it, the gate reports KID on its penultimate features.")] = None,
+    trust_checkpoint: TrustOpt = False,
     require_gate: Annotated[bool, typer.Option("--require-gate", help="Exit with code 3 when the quality gate fails.")] = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -169,8 +180,12 @@ def train_diffusion_cmd(
     from diffex.models.quality import format_gate
 
     def go():
+        from diffex.models.classifier import load_classifier
+
         cfg = _config(config_from_yaml_dict, config, size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-        return train_diffusion(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
+        clf = load_classifier(classifier, trust_checkpoint) if classifier else None
+        return train_diffusion(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(),
+                               show_progress=show, classifier=clf)
 
     _, gate = _run(go)
     typer.echo(format_gate(gate))

@@ -54,6 +54,9 @@ def _diffusion_summary(dm: DiffusionModel) -> dict:
         "train_timesteps": dm.num_train_timesteps,
         "quality_gate_passed": gate.get("passed"),
         "roundtrip_psnr_db": (gate.get("roundtrip") or {}).get("psnr_mean_db"),
+        "roundtrip_explain": gate.get("roundtrip_explain"),
+        "kid": gate.get("kid"),
+        "montage": str(Path(i.source) / gate["montage"]) if gate.get("montage") and i.source and (Path(i.source) / gate["montage"]).is_file() else None,
     }
 
 
@@ -143,9 +146,16 @@ def format_report(report: dict) -> str:
         lines.append(f"             classes {c['class_names']}; {c['in_channels']} channel(s) {c['channel_names'] or ''}; {c['image_size']} px")
     if d := report.get("diffusion"):
         gate = {True: "passed", False: "FAILED", None: "not recorded"}[d["quality_gate_passed"]]
-        psnr = f", round trip {d['roundtrip_psnr_db']:.1f} dB" if d.get("roundtrip_psnr_db") is not None else ""
+        psnr = f", round trip {d['roundtrip_psnr_db']:.1f} dB from T" if d.get("roundtrip_psnr_db") is not None else ""
+        if rt := d.get("roundtrip_explain"):
+            psnr += f", {rt['psnr_mean_db']:.1f} dB at explain's {rt['steps']} steps to t = {rt['t_end']}"
         lines.append(f"diffusion    {d['source']} ({d['parameters'] / 1e6:.2f} M parameters, quality gate {gate}{psnr})")
         lines.append(f"             {d['in_channels']} channel(s) {d['channel_names'] or ''}; {d['image_size']} px")
+        if (k := d.get("kid")) and k.get("computed"):
+            lines.append(f"             KID x1000 on the classifier's features: samples {1e3 * k['samples']['mean']:.2f}, "
+                         f"held-out real images {1e3 * k['heldout_real']['mean']:.2f}")
+        if d.get("montage"):
+            lines.append(f"             samples beside real images: {d['montage']}")
     if i := report.get("images"):
         per = ", ".join(f"{k}: {v}" for k, v in i["per_condition"].items())
         lines.append(f"images       {i['source']}: {i['n_images']} ({per})")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET
+from conftest import TINY_OBJECTIVE, TINY_UNET
 
 from diffex.errors import DiffexError
 from diffex.models.diffusion import DiffusionInfo, DiffusionModel
@@ -26,7 +26,7 @@ from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
 
 def _tiny_cfg(**kw):
     base = dict(size=16, steps=4, batch_size=4, checkpoint_every=2, unet=UNetSpec(**TINY_UNET),
-                gate_samples=4, gate_sample_steps=3, roundtrip_steps=3)
+                gate_samples=4, gate_sample_steps=3, roundtrip_steps=3, **TINY_OBJECTIVE)
     base.update(kw)
     return DiffusionTrainConfig(**base)
 
@@ -84,7 +84,7 @@ def test_resume_with_other_settings_is_refused(cells, tiny_diffusion, tmp_path):
     out = tmp_path / "dm"
     train_diffusion(cells, out, _tiny_cfg(steps=2), device="cpu", show_progress=False)
     with pytest.raises(DiffexError, match=r"other settings \(lr\)"):
-        train_diffusion(cells, out, _tiny_cfg(steps=4, lr=1e-3), device="cpu", show_progress=False, force=True)
+        train_diffusion(cells, out, _tiny_cfg(steps=2, lr=1e-2), device="cpu", show_progress=False, force=True)
 
 
 def test_resume_on_other_images_is_refused(cells, tmp_path):
@@ -96,7 +96,7 @@ def test_resume_on_other_images_is_refused(cells, tmp_path):
     out = tmp_path / "dm"
     train_diffusion(cells, out, _tiny_cfg(steps=2), device="cpu", show_progress=False)
     with pytest.raises(DiffexError, match=r"other settings \(training images\)"):
-        train_diffusion(other, out, _tiny_cfg(steps=4), device="cpu", show_progress=False, force=True)
+        train_diffusion(other, out, _tiny_cfg(steps=2), device="cpu", show_progress=False, force=True)
 
 
 def test_foreign_pipeline_layout_loads(tmp_path):
@@ -188,3 +188,26 @@ def test_bf16_precision_is_close_to_fp32_and_returns_float32(tiny_diffusion):
         assert torch.isfinite(ddim_render(bf16, xt, SamplerSpec(steps=3))).all()
     with pytest.raises(DiffexError, match="precision must be one of"):
         DiffusionModel.load(tiny_diffusion[0], precision="fp16")
+
+
+def test_resume_rules_for_the_cosine_schedule_and_precision(cells, tmp_path):
+    """Under the cosine schedule the total step count shapes the curve, so a changed --steps is refused; the
+    precision is compared as used (fp32 vs bf16), not as asked ("auto")."""
+    out = tmp_path / "dm"
+    train_diffusion(cells, out, _tiny_cfg(steps=2, lr_schedule="cosine"), device="cpu", show_progress=False)
+    with pytest.raises(DiffexError, match=r"other settings \(steps\)"):
+        train_diffusion(cells, out, _tiny_cfg(steps=4, lr_schedule="cosine"), device="cpu", show_progress=False, force=True)
+    out2 = tmp_path / "dm2"
+    const = dict(lr_schedule="constant")  # under the constant schedule a finished run may be trained further
+    train_diffusion(cells, out2, _tiny_cfg(steps=2, precision="fp32", **const), device="cpu", show_progress=False)
+    with pytest.raises(DiffexError, match=r"other settings \(precision\)"):
+        train_diffusion(cells, out2, _tiny_cfg(steps=4, precision="bf16", **const), device="cpu", show_progress=False, force=True)
+    dm, _ = train_diffusion(cells, out2, _tiny_cfg(steps=4, precision="fp32", **const), device="cpu", show_progress=False, force=True)
+    assert dm.info.training["precision"] == "fp32"
+
+
+def test_gate_settings_must_fit_the_schedule():
+    with pytest.raises(DiffexError, match="roundtrip_t_end"):
+        _tiny_cfg(roundtrip_t_end=1200)
+    with pytest.raises(DiffexError, match="roundtrip_steps"):
+        _tiny_cfg(roundtrip_steps=50, roundtrip_t_end=20)

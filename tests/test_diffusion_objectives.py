@@ -10,7 +10,7 @@ from conftest import TINY_UNET
 
 from diffex.errors import DiffexError
 from diffex.models.diffusion import DiffusionModel
-from diffex.models.diffusion_train import DiffusionTrainConfig, loss_weights, train_diffusion, training_target
+from diffex.models.diffusion_train import DiffusionTrainConfig, _lr_factor, loss_weights, train_diffusion, training_target
 from diffex.models.unet import UNetSpec, default_scheduler_config
 
 
@@ -52,6 +52,25 @@ def test_bad_objective_settings():
         DiffusionTrainConfig(loss_weighting="p2")
     with pytest.raises(DiffexError, match="beta_schedule must be one of"):
         DiffusionTrainConfig(beta_schedule="cosine")
+    with pytest.raises(DiffexError, match="lr_schedule must be one of"):
+        DiffusionTrainConfig(lr_schedule="step")
+    with pytest.raises(DiffexError, match="lr_min_factor"):
+        DiffusionTrainConfig(lr_min_factor=1.5)
+
+
+def test_cosine_learning_rate_matches_torchs_own_schedule():
+    """After warm-up the factor follows torch's CosineAnnealingLR (eta_min = lr * min_factor) step by step;
+    the constant schedule stays at 1."""
+    warmup, total, lr, floor = 20, 220, 1e-3, 0.1
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=lr * floor)
+    for step in range(warmup - 1, total):
+        assert _lr_factor(step, warmup, "cosine", total, floor) * lr == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), step
+        opt.step()
+        ref.step()
+    assert _lr_factor(5, warmup, "cosine", total, floor) == pytest.approx(6 / 20)
+    assert _lr_factor(total + 50, warmup, "cosine", total, floor) == pytest.approx(floor)
+    assert _lr_factor(150, warmup, "constant", total, floor) == 1.0
 
 
 def test_v_prediction_model_trains_saves_and_round_trips(cells, tmp_path):

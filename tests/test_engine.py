@@ -190,3 +190,18 @@ def test_fourier_time_embedding_is_not_forked():
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        time_embedding_type="fourier", layers_per_block=1)
     assert not can_fork(unet)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_forked_render_equals_two_passes_for_v_and_x0_models(dm, prediction_type):
+    """The fork returns (edited, unedited) for one x: the v -> epsilon (and x0 -> epsilon) conversion must pair
+    each half with that x (regression: a v-prediction model crashed explain with a batch-size mismatch)."""
+    from diffex.models.diffusion import DiffusionModel
+
+    other = DiffusionModel(dm.unet, {**dm.scheduler_config, "prediction_type": prediction_type}, dm.info)
+    torch.manual_seed(2)
+    xt = torch.randn(4, 2, 16, 16)
+    kw = dict(delta=torch.randn(4, 32, 4, 4), batch_size=2)
+    edit = spec(4, 300, asymmetric=True)
+    forked, two = ddim_render(other, xt, edit, **kw), ddim_render(other, xt, edit, fork=False, **kw)
+    torch.testing.assert_close(forked, two, atol=1e-3, rtol=1e-3)

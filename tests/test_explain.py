@@ -265,7 +265,8 @@ def test_three_conditions(tiny_diffusion, tmp_path):
     from diffex.models.classifier_train import ClassifierTrainConfig, train_classifier
 
     spec = SyntheticSpec(conditions={
-        "control": ConditionFactors(8.0, 0.40), "low": ConditionFactors(9.0, 0.46), "high": ConditionFactors(10.0, 0.55)})
+        "control": ConditionFactors(8.0, 0.40), "low": ConditionFactors(9.0, 0.46), "high": ConditionFactors(10.0, 0.55)},
+        nucleus_radius_sd=0.75, actin_level_sd=0.06)  # the spreads this test was written on
     generate_dataset(tmp_path / "three", 6, seed=5, spec=spec)
     cfg = ClassifierTrainConfig(arch="test_resnet", size=16, epochs=1, batch_size=6, heldout_fraction=0.2)
     train_classifier(tmp_path / "three", tmp_path / "clf3", cfg, device="cpu", show_progress=False)

@@ -58,6 +58,9 @@ def test_reference_cost_of_one_round_and_the_cached_variant(setup):
         sel = reference_attfind(pair, x0, targets, dirs, 40.0, 3, invert_spec=INVERT, render_spec=RENDER)
     with EvaluationCounter(pair.dm.unet) as cached:
         sel_c = reference_attfind(pair, x0, targets, dirs, 40.0, 3, invert_spec=INVERT, render_spec=RENDER, cache_inversion=True)
-    assert sel == sel_c
+    # the same picks; the effects agree to float rounding (a cached inversion and a recomputed one can differ in the
+    # last bits where the CPU's kernels depend on the batch: 0.0152951954 vs 0.0152951926 on a Xeon with AMX)
+    assert [(a.direction, a.sign, a.newly_explained) for a in sel] == [(a.direction, a.sign, a.newly_explained) for a in sel_c]
+    np.testing.assert_allclose([a.mean_effect_on_remaining for a in sel], [a.mean_effect_on_remaining for a in sel_c], rtol=1e-5)
     rounds_after_first = full.predictions - one.predictions  # later rounds re-invert (4 + 2 per remaining image)
     assert cached.predictions < full.predictions and rounds_after_first > 0

@@ -76,3 +76,24 @@ def test_refuses_to_overwrite(tmp_path):
         generate_dataset(tmp_path / "c", 1, seed=0)
     generate_dataset(tmp_path / "c", 2, seed=0, force=True)
     assert len(list((tmp_path / "c").rglob("*.tif"))) == 4
+
+
+def test_default_factor_separation_sets_a_96_percent_ceiling():
+    """d' = 2.5 per factor; the Bayes-optimal rule on both true factors scores Phi(sqrt(2 * 2.5^2) / 2)."""
+    from scipy.stats import norm
+
+    spec = SyntheticSpec()
+    d = {}
+    for name, sd in (("nucleus_radius", spec.nucleus_radius_sd), ("actin_level", spec.actin_level_sd)):
+        means = [getattr(spec.conditions[c], f"{name}_mean") for c in ("control", "treated")]
+        d[name] = (means[1] - means[0]) / sd
+    assert d["nucleus_radius"] == pytest.approx(2.5) and d["actin_level"] == pytest.approx(2.5)
+    ceiling = norm.cdf(np.hypot(*d.values()) / 2)
+    assert ceiling == pytest.approx(0.9611, abs=5e-4)
+    # The same ceiling from rendered cells: the midpoint rule on the standardized factor sum.
+    rng = np.random.default_rng(3)
+    rows = [(c, render_cell(rng, c, spec)[1]) for c in ("control", "treated") for _ in range(1500)]
+    z = np.array([(f["nucleus_radius"] - 8.8) / spec.nucleus_radius_sd + (f["actin_level"] - 0.46) / spec.actin_level_sd
+                  for _, f in rows])
+    correct = np.array([(zz > 0) == (c == "treated") for (c, _), zz in zip(rows, z)])
+    assert correct.mean() == pytest.approx(ceiling, abs=0.012)  # binomial SE 0.0035 for 3000 cells

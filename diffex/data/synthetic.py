@@ -4,11 +4,11 @@ Each image shows one cell in two channels: ``DNA`` (a nucleus with chromatin tex
 ``Actin`` (a cell body with oriented fibre texture). The conditions differ in exactly two
 documented factors, drawn from overlapping normal distributions:
 
-- ``nucleus_radius`` (px at 64 x 64): control 8.0, treated 9.6, sd 0.75  -> d' = 2.1
-- ``actin_level`` (relative cytoplasm brightness): control 0.40, treated 0.52, sd 0.06 -> d' = 2.0
+- ``nucleus_radius`` (px at 64 x 64): control 8.0, treated 9.6, sd 0.64  -> d' = 2.5
+- ``actin_level`` (relative cytoplasm brightness): control 0.40, treated 0.52, sd 0.048 -> d' = 2.5
 
-so that the Bayes-optimal accuracy from both factors together is about 93 %, and a trained
-classifier lands around 90-95 %, never 100 %. Nuisance factors vary independently of the
+so that the Bayes-optimal accuracy from both factors together is Phi(sqrt(2.5^2 + 2.5^2) / 2) =
+96.1 %, and a trained classifier can reach 90 % with margin, never 100 %. Nuisance factors vary independently of the
 condition: cell position, orientation, elongation, boundary shape, nucleus offset and
 elongation, a global brightness gain, background level and sensor noise. Every per-image factor
 value is written to a ground-truth CSV.
@@ -82,8 +82,8 @@ class SyntheticSpec:
             "treated": ConditionFactors(nucleus_radius_mean=9.6, actin_level_mean=0.52),
         }
     )
-    nucleus_radius_sd: float = 0.75
-    actin_level_sd: float = 0.06
+    nucleus_radius_sd: float = 0.64
+    actin_level_sd: float = 0.048
     cell_radius_mean: float = 19.0
     cell_radius_sd: float = 1.5
     position_jitter: float = 5.0  # px, uniform +-
@@ -216,11 +216,11 @@ def render_cell(
     return img, factors
 
 
-def _write_factors(path: Path, rows: list[dict]) -> None:
+def write_factors(path: Path, rows: list[dict], columns: tuple[str, ...] = ("path", "condition", *FACTOR_COLUMNS)) -> None:
     """The ground-truth CSV (path, condition, every factor), written under a temporary name and renamed."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "condition", *FACTOR_COLUMNS])
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -280,6 +280,6 @@ def generate_dataset(
                 rel = f"{condition}/{condition}_{i:04d}.ome.tif"
                 write_ome_tiff(tmp / rel, img, CHANNEL_NAMES)
                 rows.append({"path": rel, "condition": condition, **factors})
-    _write_factors(ground_truth, rows)
+    write_factors(ground_truth, rows)
     log.info("wrote %d images to %s and factors to %s", len(rows), out, ground_truth)
     return ground_truth

@@ -15,7 +15,7 @@ from diffex.config import from_dict
 from diffex.errors import DiffexError
 from diffex.explain.directions import get_method
 from diffex.models.diffusion import check_precision
-from diffex.models.sampler import MODES, SamplerSpec
+from diffex.models.sampler import DEFAULT_T_END, MODES, SamplerSpec
 
 BOOTSTRAP_UNITS = ("auto", "image", "replicate", "batch", "plate", "well")
 
@@ -44,7 +44,7 @@ class ExplainConfig:
 
     diffusion: str | None = None
     steps: int = 20
-    t_end: int = 699
+    t_end: int = DEFAULT_T_END
     t_edit: int = 0
     mode: str = "asymmetric"
     methods: tuple[str, ...] = ("gradient", "pca")

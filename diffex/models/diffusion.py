@@ -158,20 +158,26 @@ class DiffusionModel:
         if self.prediction_type == "epsilon":
             return out
         a = self.alphas_cumprod.to(x.device)[torch.as_tensor(t, device=x.device).long()].to(x.dtype)
+        k = out.shape[0] // x.shape[0]  # 2 when a mid-block fork returned (edited, unedited) for the same x
+        if k > 1:
+            x = x.repeat(k, *([1] * (x.dim() - 1)))  # (kB, C, H, W)
+            a = a.repeat(k) if a.dim() else a
         a = a.view(-1, *([1] * (x.dim() - 1))) if a.dim() else a  # (B, 1, 1, 1) or a scalar
         if self.prediction_type == "v_prediction":
             return a.sqrt() * out + (1 - a).sqrt() * x
         return (x - a.sqrt() * out) / (1 - a).sqrt()
 
     # ---------------------------------------------------------------------------------- files
-    def save(self, folder: str | Path, force: bool = False) -> Path:
-        """Write the model folder atomically (see module docstring)."""
+    def save(self, folder: str | Path, force: bool = False, extras: dict[str, bytes] | None = None) -> Path:
+        """Write the model folder atomically (see module docstring); ``extras``: further files by name (e.g. the gate montage)."""
         from diffusers import DDPMScheduler
 
         with atomic_dir(folder, force=force) as tmp:
             self.unet.save_pretrained(tmp, safe_serialization=True)
             DDPMScheduler.from_config(self.scheduler_config).save_pretrained(tmp)
             write_json(tmp / METADATA_FILE, self.info.to_dict())
+            for name, data in (extras or {}).items():
+                (tmp / name).write_bytes(data)
             write_checksums(tmp)
         return Path(folder)
 

@@ -1,8 +1,8 @@
 """Training a pixel-space DDPM (diffusers ``UNet2DModel``) on an experiment's images.
 
-Epsilon-prediction DDPM objective, AdamW with linear warm-up, EMA weights with warm-up (the
-exported model), dihedral augmentation (cells have no preferred orientation), bf16 autocast on a
-GPU. Training state is checkpointed to ``<out>.training/state.pt`` every ``checkpoint_every``
+Epsilon- or v-prediction DDPM objective (optionally min-SNR weighted), AdamW with linear warm-up
+and optional cosine decay, EMA weights with warm-up (the exported model), dihedral augmentation
+(cells have no preferred orientation), bf16 autocast on a GPU or a CPU with native bf16. Training state is checkpointed to ``<out>.training/state.pt`` every ``checkpoint_every``
 steps; rerunning the same command resumes from it and yields the same weights as an
 uninterrupted run. At the end the EMA model is written to ``out`` (diffusers layout) together with
 the normalization and the quality gate (:mod:`diffex.quality`).
@@ -34,8 +34,8 @@ from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_g
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, refuse_overwrite
 from diffex.models.diffusion import DiffusionInfo, DiffusionModel
-from diffex.models.quality import quality_gate
-from diffex.models.sampler import DEFAULT_STEPS
+from diffex.models.quality import MONTAGE_FILE, gate_montage_png, quality_gate
+from diffex.models.sampler import DEFAULT_STEPS, DEFAULT_T_END
 from diffex.models.unet import (
     UNetSpec,
     build_unet,
@@ -51,8 +51,12 @@ log = logging.getLogger(__name__)
 TRAINED_PREDICTIONS = ("epsilon", "v_prediction")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+LR_SCHEDULES = ("constant", "cosine")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 # settings added after states were first saved: a state without them was made with these values
-FINGERPRINT_DEFAULTS = {"prediction_type": "epsilon", "loss_weighting": "none", "min_snr_gamma": 5.0}
+# ("precision" is stored resolved, fp32 or bf16; states saved before it existed used bf16 only on a GPU)
+FINGERPRINT_DEFAULTS = {"prediction_type": "epsilon", "loss_weighting": "none", "min_snr_gamma": 5.0,
+                        "lr_schedule": "constant", "lr_min_factor": 0.1}
 
 
 def loss_weights(acp_t: torch.Tensor, prediction_type: str, weighting: str, gamma: float) -> torch.Tensor:
@@ -90,38 +94,49 @@ class DiffusionTrainConfig:
 
     size: int = 32
     resize_mode: str = "resize"
-    steps: int = 6000
-    batch_size: int = 32
-    lr: float = 2e-4
-    warmup_steps: int = 200
+    # The defaults are the recipe measured in docs/training.md (the shipped sample model's settings).
+    steps: int = 5500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # or "constant"; cosine: from lr after warm-up down to lr * lr_min_factor at ``steps``
+    lr_min_factor: float = 0.1
     ema_max_decay: float = 0.999
-    unet: UNetSpec = field(default_factory=UNetSpec)
+    unet: UNetSpec = field(default_factory=lambda: UNetSpec(block_out_channels=(32, 64, 128), attention_max_res=4))
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # or "squaredcos_cap_v2" (cosine)
-    prediction_type: str = "epsilon"  # or "v_prediction"
-    loss_weighting: str = "none"  # or "min_snr": min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v
+    beta_schedule: str = "squaredcos_cap_v2"  # (cosine) or "linear", "scaled_linear"
+    prediction_type: str = "v_prediction"  # or "epsilon"
+    loss_weighting: str = "min_snr"  # or "none"; min_snr: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v
     min_snr_gamma: float = 5.0
     augment: str = "dihedral"
+    precision: str = "auto"  # bf16 autocast on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), else fp32
     heldout_fraction: float = 0.1
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     seed: int = 0
     checkpoint_every: int = 250
     gate_samples: int = 256
     gate_sample_steps: int = 50
-    roundtrip_steps: int = DEFAULT_STEPS
+    roundtrip_steps: int = DEFAULT_STEPS  # explain's steps
+    roundtrip_t_end: int = DEFAULT_T_END  # explain's t_end; the round trip from T - 1 is reported too
 
     def __post_init__(self):
         if self.augment not in AUGMENTATIONS:
             raise DiffexError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         for name, allowed in (("prediction_type", TRAINED_PREDICTIONS), ("loss_weighting", LOSS_WEIGHTINGS),
-                              ("beta_schedule", BETA_SCHEDULES)):
+                              ("beta_schedule", BETA_SCHEDULES), ("lr_schedule", LR_SCHEDULES),
+                              ("precision", TRAIN_PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise DiffexError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.lr_min_factor <= 1:
+            raise DiffexError(f"lr_min_factor must be in [0, 1], got {self.lr_min_factor}")
         if not self.min_snr_gamma > 0:
             raise DiffexError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
         for name in ("size", "steps", "batch_size", "checkpoint_every", "gate_samples"):
             if getattr(self, name) < 1:
                 raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.roundtrip_steps <= self.roundtrip_t_end + 1 <= self.num_train_timesteps:
+            raise DiffexError(f"need 1 <= roundtrip_steps <= roundtrip_t_end + 1 <= num_train_timesteps, got "
+                              f"{self.roundtrip_steps}, {self.roundtrip_t_end}, {self.num_train_timesteps}")
 
 
 def _ema_decay(step: int, max_decay: float) -> float:
@@ -129,9 +144,32 @@ def _ema_decay(step: int, max_decay: float) -> float:
     return min(max_decay, (1 + step) / (10 + step))
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    """Linear learning-rate warm-up over ``warmup`` steps, then 1."""
-    return min(1.0, (step + 1) / max(1, warmup))
+def _lr_factor(step: int, warmup: int, schedule: str = "constant", total: int = 1, min_factor: float = 0.1) -> float:
+    """Linear learning-rate warm-up over ``warmup`` steps, then 1 (constant) or a half cosine down to ``min_factor`` at ``total``.
+
+    >>> [round(_lr_factor(s, 10, "cosine", 110, 0.1), 3) for s in (0, 9, 59, 109)]
+    [0.1, 1.0, 0.55, 0.1]
+    """
+    if step + 1 < warmup or schedule == "constant":
+        return min(1.0, (step + 1) / max(1, warmup))
+    frac = min(1.0, (step + 1 - warmup) / max(1, total - warmup))
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16 in /proc/cpuinfo; False elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def training_precision(precision: str, dev: torch.device) -> str:
+    """The precision a run uses: ``auto`` means bf16 autocast on a GPU or a CPU with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_native_bf16()) else "fp32"
 
 
 def _work_dir(out: Path) -> Path:
@@ -139,11 +177,15 @@ def _work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".training")
 
 
-def _config_fingerprint(cfg: DiffusionTrainConfig) -> dict:
-    """Settings that must match for a resume (steps and gate settings may change)."""
+def _config_fingerprint(cfg: DiffusionTrainConfig, dev: torch.device) -> dict:
+    """Settings that must match for a resume: all but the gate's and checkpointing's, the precision as used,
+    and ``steps`` only under the cosine schedule (whose curve depends on it)."""
     d = to_dict(cfg)
-    for k in ("steps", "checkpoint_every", "gate_samples", "gate_sample_steps", "roundtrip_steps"):
+    for k in ("checkpoint_every", "gate_samples", "gate_sample_steps", "roundtrip_steps", "roundtrip_t_end"):
         d.pop(k)
+    if cfg.lr_schedule != "cosine":
+        d.pop("steps")
+    d["precision"] = training_precision(cfg.precision, dev)
     return d
 
 
@@ -175,8 +217,9 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     if not state_path.exists():
         return run
     state = torch.load(state_path, map_location=dev, weights_only=True)
-    saved = {**FINGERPRINT_DEFAULTS, "training images": run.data, **json.loads(state["fingerprint"])}
-    now = {**_config_fingerprint(cfg), "training images": run.data}
+    legacy = {"precision": "bf16" if dev.type == "cuda" else "fp32"}
+    saved = {**FINGERPRINT_DEFAULTS, **legacy, "training images": run.data, **json.loads(state["fingerprint"])}
+    now = {**_config_fingerprint(cfg, dev), "training images": run.data}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise DiffexError(f"{state_path}: training state was made with other settings ({', '.join(diff)}); "
@@ -191,11 +234,11 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     return run
 
 
-def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path) -> None:
+def _save_state(run: _Run, cfg: DiffusionTrainConfig, state_path: Path, dev: torch.device) -> None:
     """Write the resumable training state (models, optimizer, generator, progress) atomically to ``state_path``."""
     state = {"step": run.step, "elapsed_s": run.elapsed, "loss_avg": run.loss_avg, "model": run.unet.state_dict(),
              "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(), "generator": run.g.get_state(),
-             "fingerprint": json.dumps({**_config_fingerprint(cfg), "training images": run.data}), "normalization": json.dumps(run.norm.to_dict())}
+             "fingerprint": json.dumps({**_config_fingerprint(cfg, dev), "training images": run.data}), "normalization": json.dumps(run.norm.to_dict())}
     with atomic_file(state_path, "wb") as fh:
         torch.save(state, fh)
 
@@ -210,8 +253,8 @@ def _train_step(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp
     a = acp[t][:, None, None, None]
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     for group in run.opt.param_groups:
-        group["lr"] = cfg.lr * _lr_factor(run.step, cfg.warmup_steps)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        group["lr"] = cfg.lr * _lr_factor(run.step, cfg.warmup_steps, cfg.lr_schedule, cfg.steps, cfg.lr_min_factor)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=training_precision(cfg.precision, dev) == "bf16"):
         pred = run.unet(xt, t).sample
     target = training_target(x0, noise, acp[t], cfg.prediction_type)
     per_sample = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
@@ -241,7 +284,7 @@ def _train_loop(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp
             t_last = now
             bar.update(task, completed=run.step, status=f"loss {run.loss_avg:.4f}")
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-                _save_state(run, cfg, state_path)
+                _save_state(run, cfg, state_path, dev)
 
 
 def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_idx, held_idx, dev, command: str) -> dict:
@@ -251,7 +294,8 @@ def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_i
         "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
         "geometry": describe_geometry(cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
         "parameters": count_parameters(run.unet), "final_loss": run.loss_avg, "duration_s": round(run.elapsed, 1),
-        "device": str(dev), "device_name": describe_device(dev), "software": software_versions(),
+        "device": str(dev), "device_name": describe_device(dev),
+        "precision": training_precision(cfg.precision, dev), "software": software_versions(),
     }
 
 
@@ -265,6 +309,26 @@ def _load_split(images, cfg: DiffusionTrainConfig, axes: str | None, show_progre
     return data, train_idx, held_idx
 
 
+def _check_gate_classifier(classifier, cfg: DiffusionTrainConfig) -> None:
+    """Refuse, before training, a classifier whose size the gate's KID could not use."""
+    if classifier is not None and classifier.info.image_size != cfg.size:
+        raise DiffexError(f"the classifier for the gate's KID takes {classifier.info.image_size} px images, the diffusion "
+                          f"model is trained at {cfg.size} px; give a classifier of the same size or none")
+
+
+def _gate_and_save(ema_model: DiffusionModel, cfg: DiffusionTrainConfig, train_raw, held_raw, classifier,
+                   training: dict, out: Path) -> tuple[DiffusionModel, dict]:
+    """Run the quality gate on the EMA model and write the model folder with its record and montage."""
+    log.info("quality gate: %d samples, DDIM round trip on %d held-out images", cfg.gate_samples, len(held_raw))
+    gate, samples = quality_gate(ema_model, train_raw, held_raw, cfg.gate_samples, cfg.gate_sample_steps, cfg.roundtrip_steps,
+                                 seed=cfg.seed, t_end=cfg.roundtrip_t_end, classifier=classifier)
+    gate["montage"] = MONTAGE_FILE
+    final = DiffusionModel(ema_model.unet, ema_model.scheduler_config, replace(ema_model.info, training=training, quality_gate=gate))
+    real = ema_model.from_model_space(ema_model.to_model_space(torch.from_numpy(train_raw))).numpy()
+    final.save(out, force=True, extras={MONTAGE_FILE: gate_montage_png(real, samples)})
+    return final, gate
+
+
 def train_diffusion(
     images: str | Path,
     out: str | Path,
@@ -274,6 +338,7 @@ def train_diffusion(
     force: bool = False,
     command: str = "",
     show_progress: bool = True,
+    classifier=None,
 ) -> tuple[DiffusionModel, dict]:
     """Train (or resume training) a diffusion model on ``images`` and write it to ``out``.
 
@@ -292,6 +357,8 @@ def train_diffusion(
         Overwrite a finished model at ``out``; a compatible training state continues.
     command : str
         The command line, recorded in the model folder.
+    classifier : Classifier, optional
+        With it, the gate reports KID on its penultimate features.
 
     Returns
     -------
@@ -303,6 +370,7 @@ def train_diffusion(
     cfg = config or DiffusionTrainConfig()
     out = Path(out)
     refuse_overwrite(out, force, "diffusion model")
+    _check_gate_classifier(classifier, cfg)
     dev = resolve_device(device)
     state_path = _work_dir(out) / "state.pt"
     state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,12 +385,8 @@ def train_diffusion(
     log.info("training a %.2f M-parameter UNet on %d images (%d held out) at %dx%d on %s",
              count_parameters(run.unet) / 1e6, len(train_idx), len(held_idx), cfg.size, cfg.size, dev)
     _train_loop(run, cfg, x_train, model.alphas_cumprod.to(dev, torch.float32), dev, state_path, show_progress)
-    ema_model = DiffusionModel(run.ema.eval(), model.scheduler_config, info)
-    log.info("quality gate: %d samples, DDIM round trip on %d held-out images", cfg.gate_samples, len(held_idx))
-    gate = quality_gate(ema_model, train_raw, held_raw, cfg.gate_samples, cfg.gate_sample_steps, cfg.roundtrip_steps, seed=cfg.seed)
-    training = _training_record(cfg, run, data, images, train_idx, held_idx, dev, command)
-    final = DiffusionModel(ema_model.unet, model.scheduler_config, replace(info, training=training, quality_gate=gate))
-    final.save(out, force=True)
+    final, gate = _gate_and_save(DiffusionModel(run.ema.eval(), model.scheduler_config, info), cfg, train_raw, held_raw,
+                                 classifier, _training_record(cfg, run, data, images, train_idx, held_idx, dev, command), out)
     log.info("quality gate %s; model written to %s", "passed" if gate["passed"] else "FAILED", out)
     return final, gate
 

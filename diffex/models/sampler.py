@@ -30,6 +30,7 @@ import torch
 from diffex.models.hooks import can_fork, h_shape, mid_block_fork, mid_block_offset  # noqa: F401 - h_shape: used in examples
 
 DEFAULT_STEPS = 20
+DEFAULT_T_END = 699  # where explain stops inverting by default (ExplainConfig.t_end)
 MODES = ("symmetric", "asymmetric")
 
 

@@ -1,0 +1,147 @@
+"""CT experiments: the CT manifest, and 2-D patches in HU at one pixel spacing.
+
+A CT manifest is a CSV with ``path,condition`` and optionally ``patient_id,series,slice,center_z,
+center_y,center_x``. ``path`` is a DICOM file, a DICOM series folder, a NIfTI file or a folder of
+condition subfolders' files; ``slice`` (or ``center_z``) picks the axial slice of a volume;
+``center_y, center_x`` (voxel indices of the volume as :func:`~diffex.data.ct_io.read_ct` returns
+it) centre the patch on a lesion, else the slice's centre is used. ``patient_id`` becomes the
+record's ``replicate``: held-out splits and bootstraps then keep all slices of one patient on one
+side.
+
+Each patch is resampled to ``spacing_mm`` first and then cut to ``size`` x ``size`` pixels, so one
+pixel is the same length in every image. Patch values stay in HU; a window
+(:mod:`diffex.data.ct_window`) becomes the model's normalization, one channel per window.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> from diffex.data.synthetic_ct import generate_ct_dataset
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = generate_ct_dataset(d / "ct", 2, seed=0)
+>>> recs = read_ct_manifest(d / "ct" / "manifest.csv")
+>>> s = load_ct_patches(recs, CTGeometry(spacing_mm=1.0, size=32, windows=("lung",)), show_progress=False)
+>>> s.raw.shape, s.channel_names, recs[0].patient_id
+((4, 1, 32, 32), ('lung',), 'ben00p0000')
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffex.data.ct_io import read_ct
+from diffex.data.ct_window import parse_windows, resample_to_spacing
+from diffex.data.dataset import ImageSet, Record
+from diffex.errors import DiffexError, InputError
+from diffex.progress import progress
+
+CT_MANIFEST_OPTIONAL = ("patient_id", "series", "slice", "center_z", "center_y", "center_x")
+
+
+@dataclass(frozen=True)
+class CTRecord:
+    """One CT image (slice or lesion patch) of the experiment."""
+
+    path: Path
+    condition: str
+    patient_id: str | None = None
+    series: str | None = None
+    slice: int | None = None
+    center: tuple[float, float] | None = None  # (y, x) voxel indices
+
+    def as_record(self) -> Record:
+        return Record(path=self.path, condition=self.condition, replicate=self.patient_id, batch=self.series)
+
+
+@dataclass(frozen=True)
+class CTGeometry:
+    """Where patches come from: ``size`` px at ``spacing_mm``, one channel per HU window."""
+
+    spacing_mm: float = 0.7
+    size: int = 64
+    windows: tuple = ("lung",)
+
+    def __post_init__(self):
+        if not self.spacing_mm > 0 or self.size < 8:
+            raise DiffexError(f"CT geometry needs spacing_mm > 0 and size >= 8, got {self.spacing_mm}, {self.size}")
+        parse_windows(list(self.windows))  # raises for an unknown window
+
+
+def _number(row: dict, key: str, manifest: Path, line: int) -> float | None:
+    v = (row.get(key) or "").strip()
+    if not v:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        raise InputError(manifest, f"line {line}: {key} {v!r} is not a number") from None
+
+
+def read_ct_manifest(manifest: str | Path) -> list[CTRecord]:
+    """The records of a CT manifest; errors name the manifest and the line."""
+    manifest = Path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(manifest, f"cannot read manifest: {exc}") from exc
+    if not rows or not {"path", "condition"} <= set(rows[0]):
+        raise InputError(manifest, "a CT manifest needs the columns path,condition")
+    out = []
+    for line, row in enumerate(rows, start=2):
+        if not (row.get("path") or "").strip() or not (row.get("condition") or "").strip():
+            raise InputError(manifest, f"line {line}: empty path or condition")
+        p = Path(row["path"].strip())
+        p = p if p.is_absolute() else manifest.parent / p
+        if not p.exists():
+            raise InputError(manifest, f"line {line}: {p} does not exist")
+        sl = _number(row, "slice", manifest, line)
+        cz = _number(row, "center_z", manifest, line)
+        cy, cx = _number(row, "center_y", manifest, line), _number(row, "center_x", manifest, line)
+        if (cy is None) != (cx is None):
+            raise InputError(manifest, f"line {line}: give both center_y and center_x, or neither")
+        z = sl if sl is not None else cz
+        out.append(CTRecord(p, row["condition"].strip(), (row.get("patient_id") or "").strip() or None,
+                            (row.get("series") or "").strip() or None, None if z is None else int(round(z)),
+                            None if cy is None else (cy, cx)))
+    return out
+
+
+def extract_patch(hu: np.ndarray, spacing: tuple[float, float, float], rec: CTRecord, geometry: CTGeometry) -> np.ndarray:
+    """(size, size) HU patch of one record from a (Z, Y, X) volume at ``spacing`` (z, y, x) mm."""
+    if rec.slice is None and hu.shape[0] > 1:
+        raise InputError(rec.path, f"a volume of {hu.shape[0]} slices needs a slice or center_z in the manifest")
+    z = rec.slice or 0
+    if not 0 <= z < hu.shape[0]:
+        raise InputError(rec.path, f"slice {z} is outside the volume's {hu.shape[0]} slice(s)")
+    img = resample_to_spacing(hu[z], spacing[1:], geometry.spacing_mm)  # (Y', X')
+    cy, cx = rec.center if rec.center is not None else ((hu.shape[1] - 1) / 2, (hu.shape[2] - 1) / 2)
+    # voxel index -> index at the new spacing (pixel centres at (i + 0.5) * spacing)
+    cy, cx = ((c + 0.5) * s / geometry.spacing_mm - 0.5 for c, s in ((cy, spacing[1]), (cx, spacing[2])))
+    half = geometry.size / 2
+    y0, x0 = math.floor(cy - half + 1), math.floor(cx - half + 1)  # the centre falls in pixel size/2 (0-based)
+    if y0 < 0 or x0 < 0 or y0 + geometry.size > img.shape[0] or x0 + geometry.size > img.shape[1]:
+        raise InputError(rec.path, f"a {geometry.size} px patch at {geometry.spacing_mm} mm around ({cy:.0f}, {cx:.0f}) "
+                                   f"leaves the {img.shape[0]}x{img.shape[1]} px image; choose a smaller size or spacing")
+    return img[y0: y0 + geometry.size, x0: x0 + geometry.size]
+
+
+def load_ct_patches(records: list[CTRecord], geometry: CTGeometry, modality: str = "ct",
+                    show_progress: bool = True) -> ImageSet:
+    """Read, resample and cut every record; raw is HU (N, windows, size, size), channels named by window."""
+    if not records:
+        raise DiffexError("no CT images to load")
+    windows = parse_windows(list(geometry.windows))
+    cache: dict[Path, object] = {}
+    patches = []
+    for rec in progress(records, "reading CT", enabled=show_progress):
+        if rec.path not in cache:
+            cache = {rec.path: read_ct(rec.path, modality)}  # keep one volume: slices of one file are often adjacent
+        vol = cache[rec.path]
+        patches.append(extract_patch(vol.hu, vol.spacing, rec, geometry))
+    raw = np.repeat(np.stack(patches)[:, None], len(windows), axis=1).astype(np.float32)  # (N, C, S, S)
+    return ImageSet([r.as_record() for r in records], raw, tuple(w.name for w in windows), (geometry.size, geometry.size))

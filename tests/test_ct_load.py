@@ -1,0 +1,60 @@
+"""CT manifest and patches: slice and centre picked, resampled to the spacing, patient ids carried as replicates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from diffex.data.ct_load import CTGeometry, load_ct_patches, read_ct_manifest  # noqa: E402
+from diffex.errors import DiffexError, InputError  # noqa: E402
+
+
+def _volume(tmp_path):
+    """A 6-slice NIfTI at 0.5 mm in-plane: air, and a 4 mm disk of +40 HU on slice 3 around voxel (y, x) = (20, 30)."""
+    hu = np.full((6, 48, 64), -1000.0, np.float32)  # (Z, Y, X) as diffex shows it
+    yy, xx = np.mgrid[:48, :64]
+    hu[3][(yy - 20) ** 2 + (xx - 30) ** 2 <= 4**2] = 40.0
+    # back to the file's RAS (X, Y, Z) layout: undo diffex's row/column flips
+    data = hu[:, ::-1, ::-1].transpose(2, 1, 0)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data).astype(np.int16), np.diag([0.5, 0.5, 2.0, 1.0])), tmp_path / "vol.nii.gz")
+    return tmp_path / "vol.nii.gz"
+
+
+def test_patch_is_centred_on_the_lesion_at_the_spacing(tmp_path):
+    _volume(tmp_path)
+    (tmp_path / "m.csv").write_text("path,condition,patient_id,slice,center_y,center_x\n"
+                                    "vol.nii.gz,malignant,P1,3,20,30\nvol.nii.gz,benign,P2,1,,\n")
+    recs = read_ct_manifest(tmp_path / "m.csv")
+    assert [(r.patient_id, r.slice, r.center) for r in recs] == [("P1", 3, (20.0, 30.0)), ("P2", 1, None)]
+    s = load_ct_patches(recs, CTGeometry(spacing_mm=1.0, size=16, windows=("lung", "mediastinum")), show_progress=False)
+    assert s.raw.shape == (2, 2, 16, 16) and s.channel_names == ("lung", "mediastinum")
+    assert [r.replicate for r in s.records] == ["P1", "P2"] and s.conditions == ["benign", "malignant"]
+    lesion = s.raw[0, 0] > -500
+    area_mm2 = lesion.sum() * 1.0  # 1 mm pixels
+    assert area_mm2 == pytest.approx(np.pi * 2.0**2, rel=0.35)  # a 4 mm disk at 1 mm: 12.6 mm^2, coarse pixels
+    # voxel (20, 30) at 0.5 mm has its centre at (20.5, 30.5) x 0.5 mm = index (9.75, 14.75) at 1 mm; the patch
+    # starts at floor(9.75 - 8 + 1) = 2 and floor(14.75 - 8 + 1) = 7, so the disk's centre is at (7.75, 7.75)
+    w = s.raw[0, 0] + 1000.0  # intensity above air, symmetric about the disk's centre
+    cy, cx = (w.sum(1) @ np.arange(16)) / w.sum(), (w.sum(0) @ np.arange(16)) / w.sum()
+    assert (cy, cx) == pytest.approx((7.75, 7.75), abs=0.05)
+    assert (s.raw[1] == -1000).all()  # slice 1 is air
+
+
+def test_ct_manifest_and_patch_errors(tmp_path):
+    _volume(tmp_path)
+    cases = {
+        "vol.nii.gz,a,P1,,,\n": "needs a slice or center_z",
+        "vol.nii.gz,a,P1,9,,\n": "slice 9 is outside",
+        "vol.nii.gz,a,P1,3,2,30\n": "leaves the",
+        "vol.nii.gz,a,P1,3,20,\n": "both center_y and center_x",
+        "vol.nii.gz,a,P1,x,,\n": "slice 'x' is not a number",
+        "gone.dcm,a,P1,,,\n": "does not exist",
+    }
+    for row, match in cases.items():
+        (tmp_path / "m.csv").write_text("path,condition,patient_id,slice,center_y,center_x\n" + row)
+        with pytest.raises(InputError, match=match):
+            load_ct_patches(read_ct_manifest(tmp_path / "m.csv"), CTGeometry(spacing_mm=1.0, size=16), show_progress=False)
+    with pytest.raises(DiffexError, match="unknown HU window"):
+        CTGeometry(windows=("brain",))
