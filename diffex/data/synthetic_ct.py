@@ -28,6 +28,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -176,8 +177,6 @@ def generate_ct_dataset(out, n_per_condition: int, seed: int, spec: CTSpec | Non
 
     The same seed gives byte-identical files (UIDs are derived from the seed and names).
     """
-    from pathlib import Path
-
     from diffex.data.synthetic import write_factors
     from diffex.fsutil import atomic_dir
 
