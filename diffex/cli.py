@@ -43,6 +43,12 @@ DiffusionNormOpt = Annotated[Optional[Path], typer.Option(
     "for a diffusion model folder without diffex.json (docs/formats.md).")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="Diffusion-model arithmetic: fp32 (default) or bf16 (autocast; faster on GPUs and bf16-capable CPUs).")]
+ModalityOpt = Annotated[Optional[str], typer.Option(
+    "--modality", help="microscopy (default), ct or mr. CT/MR images come from a CT manifest (path,condition[,patient_id,"
+    "slice,center_y,center_x]) and need --window and --spacing (docs/ct.md).")]
+WindowOpt = Annotated[Optional[str], typer.Option(
+    "--window", help="CT/MR: window(s) as channels: presets lung, mediastinum, soft_tissue, bone (comma-separated), or LOW,HIGH.")]
+SpacingOpt = Annotated[Optional[float], typer.Option("--spacing", help="CT/MR: pixel spacing in mm every slice is resampled to.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of the split, initialization and sampling.")]
 
 
@@ -164,6 +170,9 @@ def train_diffusion_cmd(
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = None,
+    modality: ModalityOpt = None,
+    window: WindowOpt = None,
+    spacing: SpacingOpt = None,
     config: ConfigOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
@@ -182,7 +191,8 @@ def train_diffusion_cmd(
     def go():
         from diffex.models.classifier import load_classifier
 
-        cfg = _config(config_from_yaml_dict, config, size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        cfg = _config(config_from_yaml_dict, config, size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                      modality=modality, windows=window, spacing_mm=spacing)
         clf = load_classifier(classifier, trust_checkpoint) if classifier else None
         return train_diffusion(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(),
                                show_progress=show, classifier=clf)
@@ -203,6 +213,9 @@ def train_classifier_cmd(
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = None,
+    modality: ModalityOpt = None,
+    window: WindowOpt = None,
+    spacing: SpacingOpt = None,
     config: ConfigOpt = None,
     axes: AxesOpt = None,
     device: DeviceOpt = "auto",
@@ -215,7 +228,8 @@ def train_classifier_cmd(
     from diffex.models.classifier_train import config_from_yaml_dict, train_classifier
 
     def go():
-        cfg = _config(config_from_yaml_dict, config, arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        cfg = _config(config_from_yaml_dict, config, arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      modality=modality, windows=window, spacing_mm=spacing)
         return train_classifier(images, out, cfg, axes=axes, device=device, force=force, command=_command_line(), show_progress=show)
 
     _, metrics = _run(go)

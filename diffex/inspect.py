@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from diffex.data.dataset import ImageSet, conditions_of, discover, load_images
+from diffex.data.ct_load import CTGeometry
+from diffex.data.dataset import ImageSet, conditions_of
+from diffex.data.source import find_records, load_records
 from diffex.models.bridge import check_pair
 from diffex.models.classifier import Classifier, load_classifier
 from diffex.models.classifier_train import evaluate
@@ -37,6 +39,7 @@ def _classifier_summary(clf: Classifier) -> dict:
         "channel_names": list(i.channel_names) if i.channel_names else None,
         "image_size": i.image_size,
         "normalization": i.normalization.to_dict(),
+        "ct": i.ct,
         "heldout_accuracy": i.training.get("heldout_accuracy"),
     }
 
@@ -50,6 +53,7 @@ def _diffusion_summary(dm: DiffusionModel) -> dict:
         "image_size": i.image_size,
         "channel_names": list(i.channel_names) if i.channel_names else None,
         "normalization": i.normalization.to_dict() if i.normalization else None,
+        "ct": i.ct,
         "parameters": int(sum(p.numel() for p in dm.unet.parameters())),
         "train_timesteps": dm.num_train_timesteps,
         "quality_gate_passed": gate.get("passed"),
@@ -124,7 +128,9 @@ def inspect_setup(
     if images:
         size = clf.info.image_size if clf and clf.info.image_size else dm.info.image_size if dm else None
         mode = clf.info.resize_mode if clf else dm.info.resize_mode if dm else "resize"
-        imgs = load_images(discover(images), size, mode, axes=axes, show_progress=show_progress)
+        ct = (clf.info.ct if clf else None) or (dm.info.ct if dm else None)
+        geometry = CTGeometry.from_dict(ct, size) if ct else None  # CT/MR: read as both models were trained
+        imgs = load_records(find_records(images, geometry), size, mode, geometry, axes=axes, show_progress=show_progress)
         report["images"] = _images_summary(imgs, images)
         p, n = check_images(imgs, clf, dm)
         problems += p
@@ -137,6 +143,13 @@ def inspect_setup(
     return report
 
 
+def _ct_line(ct: dict | None) -> list[str]:
+    if not ct:
+        return []
+    wins = ", ".join(f"{w['name']} [{w['low']:g}, {w['high']:g}]" for w in ct["windows"])
+    return [f"             {ct['modality'].upper()}: resampled to {ct['spacing_mm']:g} mm, window(s) {wins}"]
+
+
 def format_report(report: dict) -> str:
     """Human-readable summary of :func:`inspect_setup`'s result."""
     lines = []
@@ -144,6 +157,7 @@ def format_report(report: dict) -> str:
         acc = f", held-out accuracy {c['heldout_accuracy']:.1%}" if c.get("heldout_accuracy") is not None else ""
         lines.append(f"classifier   {c['source']} ({c['kind']}, {c['arch'] or 'unknown arch'}{acc})")
         lines.append(f"             classes {c['class_names']}; {c['in_channels']} channel(s) {c['channel_names'] or ''}; {c['image_size']} px")
+        lines += _ct_line(c.get("ct"))
     if d := report.get("diffusion"):
         gate = {True: "passed", False: "FAILED", None: "not recorded"}[d["quality_gate_passed"]]
         psnr = f", round trip {d['roundtrip_psnr_db']:.1f} dB from T" if d.get("roundtrip_psnr_db") is not None else ""
@@ -151,6 +165,7 @@ def format_report(report: dict) -> str:
             psnr += f", {rt['psnr_mean_db']:.1f} dB at explain's {rt['steps']} steps to t = {rt['t_end']}"
         lines.append(f"diffusion    {d['source']} ({d['parameters'] / 1e6:.2f} M parameters, quality gate {gate}{psnr})")
         lines.append(f"             {d['in_channels']} channel(s) {d['channel_names'] or ''}; {d['image_size']} px")
+        lines += _ct_line(d.get("ct"))
         if (k := d.get("kid")) and k.get("computed"):
             lines.append(f"             KID x1000 on the classifier's features: samples {1e3 * k['samples']['mean']:.2f}, "
                          f"held-out real images {1e3 * k['heldout_real']['mean']:.2f}")

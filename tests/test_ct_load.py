@@ -39,7 +39,9 @@ def test_patch_is_centred_on_the_lesion_at_the_spacing(tmp_path):
     w = s.raw[0, 0] + 1000.0  # intensity above air, symmetric about the disk's centre
     cy, cx = (w.sum(1) @ np.arange(16)) / w.sum(), (w.sum(0) @ np.arange(16)) / w.sum()
     assert (cy, cx) == pytest.approx((7.75, 7.75), abs=0.05)
-    assert (s.raw[1] == -1000).all()  # slice 1 is air
+    assert (s.raw[1, 0] == -1000).all()  # slice 1 is air: inside the lung window
+    assert (s.raw[1, 1] == -125).all()  # and clipped to the mediastinum window's low end
+    assert np.array_equal(s.raw[0, 1], np.clip(s.raw[0, 0], -125.0, 225.0))  # one HU patch, one window per channel
 
 
 def test_ct_manifest_and_patch_errors(tmp_path):

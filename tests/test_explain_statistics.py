@@ -148,8 +148,11 @@ def test_resume_with_changed_images_recomputes_everything(tiny_classifier, tiny_
 
 
 def test_file_names_are_unique_per_image(tmp_path):
+    from diffex.data.dataset import Record, image_name
+
     def exp_with(*names):
-        return SimpleNamespace(records=[SimpleNamespace(path=tmp_path / n) for n in names], images_source=tmp_path)
+        recs = [Record(tmp_path / n, "c") for n in names]
+        return SimpleNamespace(records=recs, images_source=tmp_path, image_name=lambda i: image_name(recs[i], tmp_path))
 
     exp = exp_with("control/img001.tif", "treated/img001.tif")
     assert file_stem(exp, 0) != file_stem(exp, 1) and file_stem(exp, 0).startswith("control_img001-")

@@ -9,8 +9,11 @@ record's ``replicate``: held-out splits and bootstraps then keep all slices of o
 side.
 
 Each patch is resampled to ``spacing_mm`` first and then cut to ``size`` x ``size`` pixels, so one
-pixel is the same length in every image. Patch values stay in HU; a window
-(:mod:`diffex.data.ct_window`) becomes the model's normalization, one channel per window.
+pixel is the same length in every image. Patch values stay in HU, one channel per window, each
+clipped to its window (what windowing does: a render maps back to HU inside the window exactly);
+the window becomes the model's normalization (:mod:`diffex.data.ct_window`).
+:class:`CTGeometry` is what both model folders store (``"ct"`` in ``diffex.json``) and what
+explain checks they agree on.
 
 Example
 -------
@@ -22,22 +25,27 @@ Example
 >>> s = load_ct_patches(recs, CTGeometry(spacing_mm=1.0, size=32, windows=("lung",)), show_progress=False)
 >>> s.raw.shape, s.channel_names, recs[0].patient_id
 ((4, 1, 32, 32), ('lung',), 'ben00p0000')
+>>> float(s.raw.min()) >= -1350.0 and float(s.raw.max()) <= 150.0   # clipped to the lung window
+True
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from diffex.data.ct_io import read_ct
-from diffex.data.ct_window import parse_windows, resample_to_spacing
+from diffex.data.ct_io import MODALITIES, read_ct
+from diffex.data.ct_window import HUWindow, parse_windows, resample_to_spacing, window_normalization
 from diffex.data.dataset import ImageSet, Record
 from diffex.errors import DiffexError, InputError
 from diffex.progress import progress
+
+log = logging.getLogger(__name__)
 
 CT_MANIFEST_OPTIONAL = ("patient_id", "series", "slice", "center_z", "center_y", "center_x")
 
@@ -54,21 +62,66 @@ class CTRecord:
     center: tuple[float, float] | None = None  # (y, x) voxel indices
 
     def as_record(self) -> Record:
-        return Record(path=self.path, condition=self.condition, replicate=self.patient_id, batch=self.series)
+        return Record(path=self.path, condition=self.condition, replicate=self.patient_id, batch=self.series,
+                      slice=self.slice, center=self.center)
+
+
+def channel_name(window: HUWindow) -> str:
+    """A window's channel name: the preset's name, or ``low..high`` for an explicit window."""
+    return window.name if window.name != "custom" else f"{window.low:g}..{window.high:g}"
 
 
 @dataclass(frozen=True)
 class CTGeometry:
-    """Where patches come from: ``size`` px at ``spacing_mm``, one channel per HU window."""
+    """Where patches come from: ``size`` px at ``spacing_mm``, one channel per HU window, of ``modality``."""
 
     spacing_mm: float = 0.7
     size: int = 64
     windows: tuple = ("lung",)
+    modality: str = "ct"
 
     def __post_init__(self):
         if not self.spacing_mm > 0 or self.size < 8:
             raise DiffexError(f"CT geometry needs spacing_mm > 0 and size >= 8, got {self.spacing_mm}, {self.size}")
-        parse_windows(list(self.windows))  # raises for an unknown window
+        if self.modality not in MODALITIES:
+            raise DiffexError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        windows = tuple(tuple(w) if isinstance(w, list) else w for w in self.windows)
+        if self.modality == "mr" and any(isinstance(w, str) for w in windows):
+            raise DiffexError("MR intensities are not HU: --modality mr needs explicit windows 'low,high', not presets")
+        object.__setattr__(self, "windows", windows)
+        parse_windows(list(windows))  # raises for an unknown window
+
+    @property
+    def hu_windows(self) -> tuple[HUWindow, ...]:
+        return parse_windows(list(self.windows))
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(channel_name(w) for w in self.hu_windows)
+
+    def normalization(self):
+        """The models' normalization: window c maps to [0, 1] on channel c."""
+        return window_normalization(self.hu_windows)
+
+    def to_dict(self) -> dict:
+        """What model folders store (the size is the model's own)."""
+        return {"modality": self.modality, "spacing_mm": self.spacing_mm,
+                "windows": [{"name": w.name, "low": w.low, "high": w.high} for w in self.hu_windows]}
+
+    @classmethod
+    def from_dict(cls, d: dict, size: int) -> CTGeometry:
+        """Inverse of :meth:`to_dict`; errors name the missing or unknown key."""
+        if set(d) - {"modality", "spacing_mm", "windows"}:
+            raise DiffexError(f"ct: unknown keys {sorted(set(d) - {'modality', 'spacing_mm', 'windows'})}")
+        try:
+            windows = tuple(w["name"] if w["name"] != "custom" else (float(w["low"]), float(w["high"])) for w in d["windows"])
+            geo = cls(float(d["spacing_mm"]), int(size), windows, d.get("modality", "ct"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DiffexError(f"ct: missing or malformed key {exc}") from exc
+        stored = [(w["low"], w["high"]) for w in d["windows"]]
+        if [(w.low, w.high) for w in geo.hu_windows] != [tuple(map(float, x)) for x in stored]:
+            raise DiffexError(f"ct: stored windows {stored} differ from the presets of this diffex version")
+        return geo
 
 
 def _number(row: dict, key: str, manifest: Path, line: int) -> float | None:
@@ -130,18 +183,43 @@ def extract_patch(hu: np.ndarray, spacing: tuple[float, float, float], rec: CTRe
     return img[y0: y0 + geometry.size, x0: x0 + geometry.size]
 
 
-def load_ct_patches(records: list[CTRecord], geometry: CTGeometry, modality: str = "ct",
+def ct_records(source: str | Path) -> list[Record]:
+    """The records of a CT experiment: a CT manifest, or a folder holding ``manifest.csv``."""
+    source = Path(source)
+    if source.is_dir():
+        if not (source / "manifest.csv").is_file():
+            raise InputError(source, "a CT experiment needs a manifest (path,condition[,patient_id,slice,...]): "
+                                     "give the CSV, or a folder holding manifest.csv")
+        source = source / "manifest.csv"
+    elif not source.exists():
+        raise InputError(source, "no such file or folder")
+    recs = read_ct_manifest(source)
+    with_id = sum(r.patient_id is not None for r in recs)
+    if 0 < with_id < len(recs):
+        raise InputError(source, f"{len(recs) - with_id} of {len(recs)} rows have no patient_id; give it on every row or on none")
+    if with_id == 0:  # each file (volume, series) is one patient: its slices never sit on both sides of a split
+        log.info("%s: no patient_id column; each file is taken as one patient", source)
+        recs = [replace(r, patient_id=str(r.path)) for r in recs]
+    return [r.as_record() for r in recs]
+
+
+def load_ct_patches(records: list, geometry: CTGeometry, modality: str | None = None,
                     show_progress: bool = True) -> ImageSet:
-    """Read, resample and cut every record; raw is HU (N, windows, size, size), channels named by window."""
+    """Read, resample and cut every record (:class:`CTRecord` or :class:`Record`); raw is HU (N, windows, size, size),
+    channel c clipped to window c, channels named by window."""
     if not records:
         raise DiffexError("no CT images to load")
-    windows = parse_windows(list(geometry.windows))
+    windows = geometry.hu_windows
     cache: dict[Path, object] = {}
     patches = []
     for rec in progress(records, "reading CT", enabled=show_progress):
         if rec.path not in cache:
-            cache = {rec.path: read_ct(rec.path, modality)}  # keep one volume: slices of one file are often adjacent
+            cache = {rec.path: read_ct(rec.path, modality or geometry.modality)}  # keep one volume: its slices are often adjacent
         vol = cache[rec.path]
         patches.append(extract_patch(vol.hu, vol.spacing, rec, geometry))
-    raw = np.repeat(np.stack(patches)[:, None], len(windows), axis=1).astype(np.float32)  # (N, C, S, S)
-    return ImageSet([r.as_record() for r in records], raw, tuple(w.name for w in windows), (geometry.size, geometry.size))
+    hu = np.stack(patches)[:, None].astype(np.float32)  # (N, 1, S, S)
+    low = np.array([w.low for w in windows], np.float32)[None, :, None, None]
+    high = np.array([w.high for w in windows], np.float32)[None, :, None, None]
+    raw = np.clip(hu, low, high)  # (N, C, S, S): one window per channel
+    recs = [r.as_record() if isinstance(r, CTRecord) else r for r in records]
+    return ImageSet(recs, raw, geometry.channel_names, (geometry.size, geometry.size))

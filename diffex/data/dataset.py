@@ -52,6 +52,15 @@ class Record:
     field: str | None = None
     replicate: str | None = None
     batch: str | None = None
+    slice: int | None = None  # CT: the axial slice of a volume (None: a single-slice file)
+    center: tuple[float, float] | None = None  # CT: (y, x) voxel indices the patch is centred on
+
+    @property
+    def locator(self) -> str:
+        """Where in its file the image lies ('' for a whole file), e.g. ``z12`` or ``z12,y30.5,x40``."""
+        parts = [] if self.slice is None else [f"z{self.slice}"]
+        parts += [] if self.center is None else [f"y{self.center[0]:g}", f"x{self.center[1]:g}"]
+        return ",".join(parts)
 
 
 def discover(source: str | Path) -> list[Record]:
@@ -317,6 +326,18 @@ def split_indices(labels: np.ndarray, fraction: float, seed: int, groups: np.nda
             n_second = min(max(n_second, 1), len(units) - 1)
         second |= members & np.isin(groups, units[:n_second])
     return np.sort(pool[~second]), np.sort(pool[second])
+
+
+def image_name(record: Record, source: str | Path) -> str:
+    """The record's name in results: its path relative to ``source``, with ``#locator`` for part of a volume.
+
+    Example
+    -------
+    >>> image_name(Record(Path("/d/ct/vol.nii.gz"), "benign", slice=12), "/d/ct")
+    'vol.nii.gz#z12'
+    """
+    rel = relative_path(record.path, source)
+    return f"{rel}#{record.locator}" if record.locator else rel
 
 
 def relative_path(path: Path, source: str | Path) -> str:

@@ -21,13 +21,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from diffex.data.dataset import relative_path
 from diffex.explain.cache import StageKey, digest, load_tensors, save_tensors
 from diffex.explain.directions import Candidates
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
 from diffex.explain.select import EvaluationTable, coordinates
 from diffex.models import sampler
+from diffex.report.ct_morphology import describe_ct, hu_channel, measure_many_ct
 from diffex.report.morphology import describe, measure_many, trend
 from diffex.report.results import Attribute, ShownExample, Traversal, Trend
 from diffex.report.traversal import animated_gif, grid_png, safe_name, write_hyperstack
@@ -94,7 +94,7 @@ def file_stem(exp: Experiment, image: int) -> str:
     ``control/img001.tif`` and ``treated/img001.tif``, or ``2024.01.05_A01.tif`` and
     ``2024.01.05_B02.tif``, never share a name.
     """
-    rel = relative_path(exp.records[image].path, exp.images_source)
+    rel = exp.image_name(image)
     suffix = next((s for s in IMAGE_SUFFIXES if rel.lower().endswith(s)), "")
     return f"{safe_name(rel[: len(rel) - len(suffix)])}-{digest(rel)[:6]}"
 
@@ -114,19 +114,39 @@ def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
     return load_tensors(path)[0]["frames"]
 
 
+def lesion_channel(exp: Experiment) -> int | None:
+    """CT: the channel the lesion readouts use (None: microscopy, MR, or no window holding the lesion thresholds)."""
+    geo = exp.geometry
+    return None if geo is None else hu_channel(geo.modality, [(w.low, w.high) for w in geo.hu_windows])
+
+
+def measurements(exp: Experiment, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Readouts of raw (M, C, H, W) renders: for CT the lesion in HU and mm, else per-channel Otsu objects."""
+    ch = lesion_channel(exp)
+    return measure_many(images, exp.channel_names) if ch is None else measure_many_ct(images, exp.geometry.spacing_mm, ch)
+
+
+def describe_trends(exp: Experiment, trends: dict[str, Trend]) -> str:
+    """The attribute's one-line description: absolute mm/HU changes for CT lesions, else relative changes."""
+    d = {m: vars(tr) for m, tr in trends.items()}
+    return describe(d) if lesion_channel(exp) is None else describe_ct(d)
+
+
 def _measure(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, roles: list[str],
              strengths: np.ndarray, p_target: np.ndarray) -> tuple[dict[str, Trend], list[dict]]:
     """Trends of every measurement along the measured (random) images' traversals, and one morphology.csv row per render."""
     size = exp.pair.dm.info.image_size
-    meas = {m: v.reshape(raw.shape[:2]) for m, v in measure_many(raw.reshape(-1, *raw.shape[2:]), exp.channel_names).items()}
-    meas_ref = measure_many(ref, exp.channel_names)
+    meas = {m: v.reshape(raw.shape[:2]) for m, v in measurements(exp, raw.reshape(-1, *raw.shape[2:])).items()}
+    meas_ref = measurements(exp, ref)
     rand = np.array([r == RANDOM for r in roles])
     svals = np.broadcast_to(strengths, raw.shape[:2])[rand]
-    trends = {m: Trend(**trend(svals, v[rand], meas_ref[m][rand], size if "Center" in m else 0)) for m, v in meas.items()}
+    # microscopy: change relative to strength 0 (positions: to the image size); CT: absolute change in mm, HU, shares
+    scale = {m: 1 if lesion_channel(exp) is not None else size if "Center" in m else 0 for m in meas}
+    trends = {m: Trend(**trend(svals, v[rand], meas_ref[m][rand], scale[m])) for m, v in meas.items()}
     rows = []
     for i, im in enumerate(images):
         for f, s in enumerate(strengths):
-            rows.append({"attribute": att.id, "ImageName": relative_path(exp.records[im].path, exp.images_source),
+            rows.append({"attribute": att.id, "ImageName": exp.image_name(im),
                          "Condition": exp.records[im].condition, "Role": roles[i], "Strength": float(s),
                          f"P_{att.target}": float(p_target[i, f]), **{m: float(v[i, f]) for m, v in meas.items()}})
     return trends, rows
@@ -142,7 +162,7 @@ def _write_files(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarr
         rec = exp.records[images[i]]
         name = f"{base.name}_{file_stem(exp, int(images[i]))}.tif"
         write_hyperstack(base.parent / name, raw[i], exp.channel_names, strengths.tolist())
-        examples.append(ShownExample(index=i, image=relative_path(rec.path, exp.images_source), condition=rec.condition,
+        examples.append(ShownExample(index=i, image=exp.image_name(int(images[i])), condition=rec.condition,
                                      file=name, role=roles[i]))
     grid_png(f"{base}.png", raw[shown], ref[shown], low, high)
     animated_gif(f"{base}.gif", raw[shown], low, high)
@@ -165,11 +185,11 @@ def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, ca
     # the attribute coordinate of every evaluation image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
     coord = att.sign * coordinates(inv.h, cands.vectors)[:, att.candidate] / inv.h_scale
     ev_idx = inv.evaluation
-    traversal = Traversal(strengths=strengths.tolist(), images=[relative_path(exp.records[i].path, exp.images_source) for i in images],
+    traversal = Traversal(strengths=strengths.tolist(), images=[exp.image_name(i) for i in images],
                           conditions=[exp.records[i].condition for i in images], measured=[r == RANDOM for r in roles],
                           p_target=p_target.tolist(), shown=examples)
     return replace(
-        att, description=describe({m: vars(tr) for m, tr in trends.items()}), morphology=trends, traversal=traversal,
+        att, description=describe_trends(exp, trends), morphology=trends, traversal=traversal,
         coordinate={c: [round(float(v), 5) for v in coord[ev_idx][exp.labels[ev_idx] == exp.class_names.index(c)]] for c in exp.conditions},
         files=sorted([e.file for e in examples] + [f"{att.id}.gif", f"{att.id}.png"])), rows
 

@@ -24,17 +24,13 @@ import numpy as np
 import torch
 
 from diffex.config import to_dict
-from diffex.data.dataset import (
-    Record,
-    discover,
-    load_images,
-    require_conditions,
-    stratified_indices,
-)
+from diffex.data.ct_load import CTGeometry
+from diffex.data.dataset import Record, image_name, require_conditions, stratified_indices
+from diffex.data.source import file_digest, find_records, load_records, record_digest
 from diffex.errors import DiffexError, InputError
 from diffex.explain.cache import digest, model_digest
 from diffex.explain.config import ExplainConfig
-from diffex.fsutil import atomic_file, sha256_file, write_json
+from diffex.fsutil import atomic_file, write_json
 from diffex.models.bridge import ModelPair, check_models
 from diffex.models.classifier import load_classifier
 from diffex.models.diffusion import DiffusionModel
@@ -63,13 +59,15 @@ class Experiment:
     raw: np.ndarray  # (N, C, H, W) raw intensities at the diffusion model's size
     labels: np.ndarray  # (N,) index of each image's condition in class_names
     channel_names: list[str]
-    file_sha: list[str]  # SHA-256 of each image file
+    file_sha: list[str]  # per image: SHA-256 of its file (for CT with its slice/centre: the cache key of its content)
     classifier_digest: str
     diffusion_digest: str
     n_available: int  # images found before subsampling to max_images
     bootstrap_unit: str  # "image" or the manifest column whose values are the resampling units
     groups: np.ndarray | None  # (N,) unit of each image (None: each image its own unit)
     command: str | None = None
+    geometry: CTGeometry | None = None  # CT/MR: spacing and windows both models were trained with
+    source_sha: list[str] = field(default_factory=list)  # per image: SHA-256 of its file (tree digest of a series folder)
     evaluations: dict[str, int] = field(default_factory=dict)
     subsampling: list[str] = field(default_factory=list)  # notes, logged and shown in the report
 
@@ -77,6 +75,10 @@ class Experiment:
         """Log a subsampling and keep it for the report."""
         log.info("%s", text)
         self.subsampling.append(text)
+
+    def image_name(self, i: int) -> str:
+        """Image ``i``'s name in results: its path relative to the images' folder, ``#z..`` for part of a volume."""
+        return image_name(self.records[i], self.images_source)
 
     @property
     def cache(self) -> Path:
@@ -159,9 +161,9 @@ def prepare_out(out: Path, cfg_dict: dict, force: bool) -> None:
         yaml.safe_dump(cfg_dict, fh, sort_keys=False)
 
 
-def _records(images, class_names: list[str], cfg: ExplainConfig) -> tuple[list[Record], list[str], int]:
+def _records(images, class_names: list[str], cfg: ExplainConfig, geometry: CTGeometry | None) -> tuple[list[Record], list[str], int]:
     """The images' records (sorted by path, stratified down to ``max_images``), their conditions, the count found."""
-    records = sorted(discover(images), key=lambda r: str(r.path))
+    records = sorted(find_records(images, geometry), key=lambda r: (str(r.path), r.locator))
     conds = require_conditions(records, images)
     missing = [c for c in conds if c not in class_names]
     if missing:
@@ -198,6 +200,15 @@ def bootstrap_groups(records: list[Record], unit: str, source) -> tuple[str, np.
     return unit, np.array(ids)
 
 
+def _file_digests(records: list[Record]) -> list[str]:
+    """SHA-256 of each record's file (a tree digest for a series folder), each file hashed once."""
+    by_path: dict[Path, str] = {}
+    for r in records:
+        if r.path not in by_path:
+            by_path[r.path] = file_digest(r.path)
+    return [by_path[r.path] for r in records]
+
+
 def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, device: str = "auto", axes: str | None = None,
                     trust_checkpoint: bool = False, force: bool = False, command: str | None = None,
                     show_progress: bool = True, diffusion_normalization=None) -> Experiment:
@@ -210,22 +221,25 @@ def open_experiment(classifier, images, out, diffusion, cfg: ExplainConfig, *, d
     check_models(clf, dm)  # before any computation
     cfg = replace(cfg, diffusion=str(dm_path))
     class_names = list(clf.info.class_names)
-    records, conds, n_available = _records(images, class_names, cfg)
+    geometry = CTGeometry.from_dict(dm.info.ct, dm.info.image_size) if dm.info.ct else None  # == the classifier's (checked)
+    records, conds, n_available = _records(images, class_names, cfg, geometry)
     unit, groups = bootstrap_groups(records, cfg.bootstrap_unit, images)
     out = Path(out) if out else default_out(images)
     prepare_out(out, to_dict(cfg), force)
-    imgs = load_images(records, dm.info.image_size, dm.info.resize_mode, axes=axes,
-                       expect_channels=dm.info.in_channels, show_progress=show_progress)
+    imgs = load_records(records, dm.info.image_size, dm.info.resize_mode, geometry, axes=axes,
+                        expect_channels=dm.info.in_channels, show_progress=show_progress)
     if dm.info.channel_names and not all(c.startswith("ch") for c in imgs.channel_names):
         if tuple(imgs.channel_names) != tuple(dm.info.channel_names):
             raise DiffexError(f"{images}: image channels {list(imgs.channel_names)} differ from the diffusion model's "
                               f"{list(dm.info.channel_names)}")
+    source_sha = _file_digests(records)
     exp = Experiment(
         cfg=cfg, out=out, pair=ModelPair(clf, dm), device=dev, classifier_path=Path(classifier), diffusion_path=Path(dm_path),
         images_source=Path(images), class_names=class_names, conditions=conds, records=records, raw=imgs.raw,
         labels=imgs.labels(class_names), channel_names=list(dm.info.channel_names or imgs.channel_names),
-        file_sha=[sha256_file(r.path) for r in records], classifier_digest=model_digest(classifier),
-        diffusion_digest=_diffusion_digest(dm_path, dm), n_available=n_available, bootstrap_unit=unit, groups=groups, command=command)
+        file_sha=[record_digest(r, source_sha[i]) for i, r in enumerate(records)], classifier_digest=model_digest(classifier),
+        diffusion_digest=_diffusion_digest(dm_path, dm), n_available=n_available, bootstrap_unit=unit, groups=groups, command=command,
+        geometry=geometry, source_sha=source_sha)
     if n_available > len(records):
         exp.note_subsample(f"{len(records)} of the {n_available} images were used (max_images {cfg.max_images}, "
                            f"drawn at random in proportion to each condition, seed {cfg.seed})")

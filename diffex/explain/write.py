@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffex.config import to_dict
-from diffex.data.dataset import relative_path
+from diffex.data.source import describe_input
 from diffex.explain.describe import display_range
 from diffex.explain.directions import Candidates
 from diffex.explain.inputs import Experiment
@@ -31,6 +31,7 @@ from diffex.report.results import (
     CandidateSummary,
     DiffusionSummary,
     FlaggedImage,
+    ImagingSummary,
     InversionSummary,
     Results,
     Statistics,
@@ -75,7 +76,7 @@ def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Can
     cfg, dm, labels = exp.cfg, exp.pair.dm, exp.labels
     low, high = display_range(exp)
     psnr = inv.psnr
-    flagged = [FlaggedImage(relative_path(exp.records[i].path, exp.images_source), float(psnr[i])) for i in np.flatnonzero(psnr < cfg.min_psnr)]
+    flagged = [FlaggedImage(exp.image_name(int(i)), float(psnr[i])) for i in np.flatnonzero(psnr < cfg.min_psnr)]
     training = dm.info.training or {}
     return Results(
         classifier=str(exp.classifier_path), diffusion=str(exp.diffusion_path), images=str(exp.images_source),
@@ -94,7 +95,16 @@ def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Can
                     for i, n in enumerate(cands.names)],
         statistics=statistics_summary(exp, inv, grads, table), attributes=attributes,
         quality_gate_passed=bool((dm.info.quality_gate or {}).get("passed", False)), elapsed_s=round(time.time() - t_start, 1),
-        unet_image_evaluations_this_run=dict(exp.evaluations))
+        unet_image_evaluations_this_run=dict(exp.evaluations), imaging=imaging_summary(exp))
+
+
+def imaging_summary(exp: Experiment) -> ImagingSummary | None:
+    """CT/MR: the spacing and windows of the models, and how images became their inputs."""
+    geo = exp.geometry
+    if geo is None:
+        return None
+    return ImagingSummary(geo.modality, geo.spacing_mm, geo.to_dict()["windows"],
+                          describe_input(geo, exp.pair.dm.info.resize_mode, exp.pair.dm.info.image_size))
 
 
 def write_attributes_csv(path: Path, attributes: list[Attribute]) -> None:
@@ -142,8 +152,8 @@ def provenance(exp: Experiment, inv: Inversions) -> dict:
         "command": exp.command, "software": software_versions(), "device": describe_device(exp.device), "seed": cfg_dict["seed"],
         "config": cfg_dict, "classifier": {"path": str(exp.classifier_path), "sha256": sums(exp.classifier_path)},
         "diffusion": {"path": str(exp.diffusion_path), "sha256": sums(exp.diffusion_path)},
-        "images": [{"path": relative_path(r.path, exp.images_source), "condition": r.condition, "sha256": s, "set": k}
-                   for r, s, k in zip(exp.records, exp.file_sha, image_sets(exp, inv))],
+        "images": [{"path": exp.image_name(i), "condition": r.condition, "sha256": s, "set": k} | ({"in_file": r.locator} if r.locator else {})
+                   for i, (r, s, k) in enumerate(zip(exp.records, exp.source_sha or exp.file_sha, image_sets(exp, inv)))],
     }
 
 

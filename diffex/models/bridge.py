@@ -98,7 +98,19 @@ def check_pair(clf: Classifier | None, dm: DiffusionModel | None) -> tuple[list[
         problems.append(f"the classifier works at {ci.image_size} px, the diffusion model at {di.image_size} px")
     if ci.channel_names and di.channel_names and tuple(ci.channel_names) != tuple(di.channel_names):
         problems.append(f"channel names differ: classifier {list(ci.channel_names)}, diffusion model {list(di.channel_names)}")
+    if (ci.ct or di.ct) and ci.ct != di.ct:
+        problems.append(ct_mismatch(ci.ct, di.ct))
     if di.normalization is not None and di.normalization != ci.normalization:
         notes.append("the models use different normalizations; renders are mapped to raw intensities and through the "
                      "classifier's own normalization (this is fine)")
     return problems, notes
+
+
+def ct_mismatch(clf_ct: dict | None, dm_ct: dict | None) -> str:
+    """Why two models' CT settings (modality, spacing, windows) do not fit together."""
+    def text(ct):
+        if not ct:
+            return "microscopy images (no CT window or spacing)"
+        wins = ", ".join(f"{w['name']} [{w['low']:g}, {w['high']:g}]" for w in ct["windows"])
+        return f"{ct['modality'].upper()} at {ct['spacing_mm']:g} mm with window(s) {wins}"
+    return f"the classifier was trained on {text(clf_ct)}, the diffusion model on {text(dm_ct)}"

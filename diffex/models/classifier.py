@@ -62,6 +62,7 @@ class ClassifierInfo:
     source: str = ""
     kind: str = "folder"  # folder | export | torchscript | pickle
     training: dict = field(default_factory=dict)
+    ct: dict | None = None  # CT/MR: modality, spacing_mm, windows (diffex.data.ct_load.CTGeometry.to_dict)
 
     def __post_init__(self):
         if len(self.class_names) < 2:
@@ -87,6 +88,7 @@ class ClassifierInfo:
             "channel_names": list(self.channel_names) if self.channel_names else None,
             "normalization": self.normalization.to_dict(),
             "resize_mode": self.resize_mode,
+            **({"ct": self.ct} if self.ct else {}),
             "training": self.training,
         }
 
@@ -171,6 +173,7 @@ def _info_from_dict(meta: dict, source: Path, kind: str, where: Path | None = No
         source=str(source),
         kind=kind,
         training=meta.get("training") or {},
+        ct=meta.get("ct") or None,
     )
 
 

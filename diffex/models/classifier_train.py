@@ -27,14 +27,18 @@ import torch.nn.functional as F
 
 from diffex.config import from_dict, to_dict
 from diffex.data.augment import AUGMENTATIONS, augment
-from diffex.data.dataset import (
-    discover,
-    load_images,
-    relative_path,
-    require_conditions,
-    split_heldout,
+from diffex.data.dataset import image_name, require_conditions
+from diffex.data.normalize import DEFAULT_PERCENTILES
+from diffex.data.source import (
+    canonical_windows,
+    config_record,
+    describe_input,
+    find_records,
+    geometry_for,
+    load_records,
+    model_normalization,
+    split_train_heldout,
 )
-from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
 from diffex.errors import DiffexError
 from diffex.fsutil import refuse_overwrite
 from diffex.models.classifier import Classifier, ClassifierInfo, build_timm
@@ -57,14 +61,24 @@ class ClassifierTrainConfig:
     weight_decay: float = 0.05
     augment: str = "dihedral"
     heldout_fraction: float = 0.2
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # microscopy only
+    modality: str = "microscopy"  # or "ct", "mr": images from a CT manifest, resampled, windowed (diffex.data.source)
+    spacing_mm: float | None = None  # CT/MR: pixel spacing every slice is resampled to
+    windows: tuple = ()  # CT/MR: preset names or (low, high), one channel each
     seed: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "windows", canonical_windows(self.windows))
+        geometry_for(self.modality, self.size, self.spacing_mm, self.windows)  # raises for a missing or stray setting
         if self.augment not in AUGMENTATIONS:
             raise DiffexError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.size < 8:
             raise DiffexError("epochs and batch_size must be >= 1 and size >= 8")
+
+    @property
+    def geometry(self):
+        """The CT/MR input geometry (:class:`~diffex.data.ct_load.CTGeometry`), None for microscopy."""
+        return geometry_for(self.modality, self.size, self.spacing_mm, self.windows)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -129,9 +143,9 @@ def _training_record(cfg: ClassifierTrainConfig, data, images, train_idx, held_i
                      duration: float, dev: torch.device, command: str) -> dict:
     """The ``training`` record written into the model folder's config (split, accuracies, timing, software)."""
     return {
-        "command": command, "config": to_dict(cfg), "images": str(images), "seed": cfg.seed, "n_train": int(len(train_idx)),
-        "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
-        "geometry": describe_geometry(cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
+        "command": command, "config": config_record(to_dict(cfg)), "images": str(images), "seed": cfg.seed, "n_train": int(len(train_idx)),
+        "n_heldout": int(len(held_idx)), "heldout": [image_name(data.records[i], images) for i in held_idx],
+        "geometry": describe_input(cfg.geometry, cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
         "train_accuracy": train_metrics["accuracy"], "heldout_accuracy": held["accuracy"],
         "heldout_balanced_accuracy": held["balanced_accuracy"], "confusion_matrix": held["confusion_matrix"],
         "duration_s": round(duration, 1), "device": str(dev), "device_name": describe_device(dev), "software": software_versions(),
@@ -160,12 +174,13 @@ def train_classifier(
     out = Path(out)
     refuse_overwrite(out, force, "classifier")
     dev = resolve_device(device)
-    records = discover(images)
+    geometry = cfg.geometry
+    records = find_records(images, geometry)
     class_names = require_conditions(records, images, 2)
-    data = load_images(records, cfg.size, cfg.resize_mode, axes=axes, show_progress=show_progress)
+    data = load_records(records, cfg.size, cfg.resize_mode, geometry, axes=axes, show_progress=show_progress)
     labels = data.labels(class_names)
-    train_idx, held_idx = split_heldout(labels, cfg.heldout_fraction, cfg.seed)
-    norm = Normalization.fit(data.raw[train_idx], cfg.percentiles)
+    train_idx, held_idx = split_train_heldout(data, labels, cfg.heldout_fraction, cfg.seed, geometry)
+    norm = model_normalization(geometry, data.raw[train_idx], cfg.percentiles)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     module = build_timm(cfg.arch, data.raw.shape[1], len(class_names)).to(dev)
@@ -175,7 +190,8 @@ def train_classifier(
     _fit(module, cfg, x_train, torch.from_numpy(labels[train_idx]).to(dev), len(class_names), g, dev, show_progress)
     duration = time.perf_counter() - t0
     info = ClassifierInfo(class_names=tuple(class_names), in_channels=data.raw.shape[1], image_size=cfg.size, normalization=norm,
-                          channel_names=data.channel_names, resize_mode=cfg.resize_mode, arch=cfg.arch, source=str(out))
+                          channel_names=data.channel_names, resize_mode=cfg.resize_mode, arch=cfg.arch, source=str(out),
+                          ct=geometry.to_dict() if geometry else None)
     clf = Classifier(module, info)
     held = evaluate(clf, data.raw[held_idx], labels[held_idx])
     train_metrics = evaluate(clf, data.raw[train_idx], labels[train_idx])

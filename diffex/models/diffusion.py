@@ -74,6 +74,7 @@ class DiffusionInfo:
     training: dict = field(default_factory=dict)
     quality_gate: dict = field(default_factory=dict)
     normalization_source: str = ""  # "diffex.json", "sidecar FILE", "option FILE" or "identity (declared in FILE)"
+    ct: dict | None = None  # CT/MR: modality, spacing_mm, windows (diffex.data.ct_load.CTGeometry.to_dict)
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +85,7 @@ class DiffusionInfo:
             "channel_names": list(self.channel_names) if self.channel_names else None,
             "normalization": self.normalization.to_dict() if self.normalization else None,
             "resize_mode": self.resize_mode,
+            **({"ct": self.ct} if self.ct else {}),
             "model_space": "normalized intensities clipped to [0, 1], then mapped to [-1, 1]",
             "training": self.training,
             "quality_gate": self.quality_gate,
@@ -125,9 +127,11 @@ class DiffusionModel:
         return x.clamp(0, 1) * 2 - 1 if self.info.normalization else x
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space (B, C, H, W) -> raw intensities."""
+        """Model space (B, C, H, W) -> raw intensities; for CT/MR clipped to the window, as every input was."""
         if self.info.normalization is None:
             return x
+        if self.info.ct:
+            x = x.clamp(-1, 1)
         return self.info.normalization.inverse((x + 1) / 2)
 
     @property
@@ -246,6 +250,7 @@ def _read_metadata(folder: Path, unet) -> DiffusionInfo:
         training=meta.get("training") or {},
         quality_gate=meta.get("quality_gate") or {},
         normalization_source=METADATA_FILE if norm else "",
+        ct=meta.get("ct") or None,
     )
 
 

@@ -29,11 +29,28 @@ import torch.nn.functional as F
 
 from diffex.config import from_dict, to_dict
 from diffex.data.augment import AUGMENTATIONS, augment
-from diffex.data.dataset import discover, load_images, relative_path, split_heldout
-from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization, describe_geometry
+from diffex.data.dataset import image_name
+from diffex.data.normalize import DEFAULT_PERCENTILES, Normalization
+from diffex.data.source import (
+    canonical_windows,
+    config_record,
+    describe_input,
+    find_records,
+    geometry_for,
+    load_records,
+    model_normalization,
+    split_train_heldout,
+)
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, refuse_overwrite
 from diffex.models.diffusion import DiffusionInfo, DiffusionModel
+from diffex.models.diffusion_objective import (  # noqa: F401 - loss_weights, training_target: part of this module's API
+    _ema_decay,
+    _lr_factor,
+    loss_weights,
+    training_precision,
+    training_target,
+)
 from diffex.models.quality import MONTAGE_FILE, gate_montage_png, quality_gate
 from diffex.models.sampler import DEFAULT_STEPS, DEFAULT_T_END
 from diffex.models.unet import (
@@ -59,35 +76,6 @@ FINGERPRINT_DEFAULTS = {"prediction_type": "epsilon", "loss_weighting": "none", 
                         "lr_schedule": "constant", "lr_min_factor": 0.1}
 
 
-def loss_weights(acp_t: torch.Tensor, prediction_type: str, weighting: str, gamma: float) -> torch.Tensor:
-    """Per-sample loss weights from alpha-bar at the sampled timesteps, shape (B,).
-
-    Min-SNR weighting (Hang et al. 2023) with SNR = acp / (1 - acp): ``min(SNR, gamma) / SNR`` for
-    epsilon targets and ``min(SNR, gamma) / (SNR + 1)`` for v targets; ones without weighting.
-
-    Example
-    -------
-    >>> acp = torch.tensor([0.5, 10 / 11])          # SNR 1 and 10
-    >>> [round(w, 4) for w in loss_weights(acp, "epsilon", "min_snr", 5.0).tolist()]
-    [1.0, 0.5]
-    >>> [round(w, 4) for w in loss_weights(acp, "v_prediction", "min_snr", 5.0).tolist()]
-    [0.5, 0.4545]
-    """
-    if weighting == "none":
-        return torch.ones_like(acp_t)
-    snr = acp_t / (1 - acp_t)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
-
-
-def training_target(x0: torch.Tensor, noise: torch.Tensor, acp_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """What the UNet learns to predict at x_t = sqrt(a) x0 + sqrt(1 - a) noise: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
-    if prediction_type == "epsilon":
-        return noise
-    a = acp_t[:, None, None, None]
-    return a.sqrt() * noise - (1 - a).sqrt() * x0
-
-
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
     """Settings of ``diffex train-diffusion``; unknown keys in a YAML config are errors."""
@@ -111,7 +99,10 @@ class DiffusionTrainConfig:
     augment: str = "dihedral"
     precision: str = "auto"  # bf16 autocast on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), else fp32
     heldout_fraction: float = 0.1
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # microscopy only
+    modality: str = "microscopy"  # or "ct", "mr": images from a CT manifest, resampled, windowed (diffex.data.source)
+    spacing_mm: float | None = None  # CT/MR: pixel spacing every slice is resampled to
+    windows: tuple = ()  # CT/MR: preset names or (low, high), one channel each
     seed: int = 0
     checkpoint_every: int = 250
     gate_samples: int = 256
@@ -120,6 +111,8 @@ class DiffusionTrainConfig:
     roundtrip_t_end: int = DEFAULT_T_END  # explain's t_end; the round trip from T - 1 is reported too
 
     def __post_init__(self):
+        object.__setattr__(self, "windows", canonical_windows(self.windows))
+        geometry_for(self.modality, self.size, self.spacing_mm, self.windows)  # raises for a missing or stray setting
         if self.augment not in AUGMENTATIONS:
             raise DiffexError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         for name, allowed in (("prediction_type", TRAINED_PREDICTIONS), ("loss_weighting", LOSS_WEIGHTINGS),
@@ -138,38 +131,10 @@ class DiffusionTrainConfig:
             raise DiffexError(f"need 1 <= roundtrip_steps <= roundtrip_t_end + 1 <= num_train_timesteps, got "
                               f"{self.roundtrip_steps}, {self.roundtrip_t_end}, {self.num_train_timesteps}")
 
-
-def _ema_decay(step: int, max_decay: float) -> float:
-    """EMA warm-up: averages over ~step/10 recent steps early, ``max_decay`` later."""
-    return min(max_decay, (1 + step) / (10 + step))
-
-
-def _lr_factor(step: int, warmup: int, schedule: str = "constant", total: int = 1, min_factor: float = 0.1) -> float:
-    """Linear learning-rate warm-up over ``warmup`` steps, then 1 (constant) or a half cosine down to ``min_factor`` at ``total``.
-
-    >>> [round(_lr_factor(s, 10, "cosine", 110, 0.1), 3) for s in (0, 9, 59, 109)]
-    [0.1, 1.0, 0.55, 0.1]
-    """
-    if step + 1 < warmup or schedule == "constant":
-        return min(1.0, (step + 1) / max(1, warmup))
-    frac = min(1.0, (step + 1 - warmup) / max(1, total - warmup))
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * frac))
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16 in /proc/cpuinfo; False elsewhere)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def training_precision(precision: str, dev: torch.device) -> str:
-    """The precision a run uses: ``auto`` means bf16 autocast on a GPU or a CPU with native bf16, else fp32."""
-    if precision != "auto":
-        return precision
-    return "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+    @property
+    def geometry(self):
+        """The CT/MR input geometry (:class:`~diffex.data.ct_load.CTGeometry`), None for microscopy."""
+        return geometry_for(self.modality, self.size, self.spacing_mm, self.windows)
 
 
 def _work_dir(out: Path) -> Path:
@@ -185,6 +150,9 @@ def _config_fingerprint(cfg: DiffusionTrainConfig, dev: torch.device) -> dict:
         d.pop(k)
     if cfg.lr_schedule != "cosine":
         d.pop("steps")
+    if cfg.modality == "microscopy":  # states made before CT existed resume
+        for k in ("modality", "spacing_mm", "windows"):
+            d.pop(k)
     d["precision"] = training_precision(cfg.precision, dev)
     return d
 
@@ -212,7 +180,7 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), Normalization.fit(train_raw, cfg.percentiles),
+    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), model_normalization(cfg.geometry, train_raw, cfg.percentiles),
                data=hashlib.sha256(np.ascontiguousarray(train_raw).tobytes()).hexdigest()[:24])
     if not state_path.exists():
         return run
@@ -290,9 +258,9 @@ def _train_loop(run: _Run, cfg: DiffusionTrainConfig, x_train: torch.Tensor, acp
 def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_idx, held_idx, dev, command: str) -> dict:
     """The ``training`` record written into ``diffex.json`` (split, size, final loss, timing, software)."""
     return {
-        "command": command, "config": to_dict(cfg), "images": str(images), "n_train": int(len(train_idx)),
-        "n_heldout": int(len(held_idx)), "heldout": [relative_path(data.records[i].path, images) for i in held_idx],
-        "geometry": describe_geometry(cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
+        "command": command, "config": config_record(to_dict(cfg)), "images": str(images), "n_train": int(len(train_idx)),
+        "n_heldout": int(len(held_idx)), "heldout": [image_name(data.records[i], images) for i in held_idx],
+        "geometry": describe_input(cfg.geometry, cfg.resize_mode, cfg.size), "original_shape": list(data.original_shape),
         "parameters": count_parameters(run.unet), "final_loss": run.loss_avg, "duration_s": round(run.elapsed, 1),
         "device": str(dev), "device_name": describe_device(dev),
         "precision": training_precision(cfg.precision, dev), "software": software_versions(),
@@ -301,11 +269,12 @@ def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_i
 
 def _load_split(images, cfg: DiffusionTrainConfig, axes: str | None, show_progress: bool):
     """The images at the model size and a stratified (train, held-out) split of them."""
-    data = load_images(discover(images), cfg.size, cfg.resize_mode, axes=axes, show_progress=show_progress)
+    geometry = cfg.geometry
+    data = load_records(find_records(images, geometry), cfg.size, cfg.resize_mode, geometry, axes=axes, show_progress=show_progress)
     labels = data.labels()
     if len(labels) < 10:
         raise DiffexError(f"{images}: {len(labels)} image(s) are too few to train a diffusion model")
-    train_idx, held_idx = split_heldout(labels, cfg.heldout_fraction, cfg.seed)
+    train_idx, held_idx = split_train_heldout(data, labels, cfg.heldout_fraction, cfg.seed, geometry)
     return data, train_idx, held_idx
 
 
@@ -314,6 +283,11 @@ def _check_gate_classifier(classifier, cfg: DiffusionTrainConfig) -> None:
     if classifier is not None and classifier.info.image_size != cfg.size:
         raise DiffexError(f"the classifier for the gate's KID takes {classifier.info.image_size} px images, the diffusion "
                           f"model is trained at {cfg.size} px; give a classifier of the same size or none")
+    ct = cfg.geometry.to_dict() if cfg.geometry else None
+    if classifier is not None and classifier.info.ct != ct:
+        from diffex.models.bridge import ct_mismatch
+
+        raise DiffexError(f"the classifier for the gate's KID does not read images as this model will: {ct_mismatch(classifier.info.ct, ct)}")
 
 
 def _gate_and_save(ema_model: DiffusionModel, cfg: DiffusionTrainConfig, train_raw, held_raw, classifier,
@@ -377,8 +351,8 @@ def train_diffusion(
     data, train_idx, held_idx = _load_split(images, cfg, axes, show_progress)
     train_raw, held_raw = data.raw[train_idx], data.raw[held_idx]
     run = _start(cfg, data.raw.shape[1], train_raw, dev, state_path)
-    info = DiffusionInfo(in_channels=data.raw.shape[1], image_size=cfg.size, channel_names=data.channel_names,
-                         normalization=run.norm, resize_mode=cfg.resize_mode, source=str(out))
+    info = DiffusionInfo(data.raw.shape[1], cfg.size, data.channel_names, run.norm, cfg.resize_mode, source=str(out),
+                         ct=cfg.geometry.to_dict() if cfg.geometry else None)
     model = DiffusionModel(run.unet, default_scheduler_config(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type), info)
     model.unet.train()
     x_train = model.to_model_space(torch.from_numpy(train_raw)).to(dev)  # (N, C, H, W) in [-1, 1]

@@ -100,6 +100,66 @@ def measure_lesion(hu: np.ndarray, spacing: tuple[float, float], center: tuple[f
     }
 
 
+# column: (plain name, unit, scale to that unit) of the readouts a description and the report name
+CT_LABELS = {"Lesion_Diameter_mm": ("nodule diameter", "mm", 1.0), "Lesion_MeanHU": ("mean density", "HU", 1.0),
+             "Lesion_SolidShare": ("solid share", "points", 100.0), "Lesion_MarginIrregularity": ("margin irregularity", "", 1.0),
+             "Lesion_Area_mm2": ("nodule area", "mm²", 1.0), "Lesion_MaxDiameter_mm": ("maximum diameter", "mm", 1.0),
+             "Lesion_P10HU": ("10th percentile density", "HU", 1.0), "Lesion_P50HU": ("median density", "HU", 1.0),
+             "Lesion_P90HU": ("90th percentile density", "HU", 1.0), "Lesion_Solidity": ("solidity", "", 1.0),
+             "Lesion_Found": ("lesion found", "", 1.0)}
+DESCRIBED = ("Lesion_Diameter_mm", "Lesion_MeanHU", "Lesion_SolidShare", "Lesion_MarginIrregularity")
+
+
+def hu_channel(modality: str, windows: list[tuple[float, float]]) -> int | None:
+    """The channel lesions are measured on: for CT, a window holding both thresholds (-650 and -300 HU), the one
+    reaching lowest; None for MR or when no window does (a mediastinum window alone clips lung to -125 HU), and
+    then the renders get the generic per-channel measurements instead.
+
+    Example
+    -------
+    >>> hu_channel("ct", [(-125.0, 225.0), (-1350.0, 150.0)]), hu_channel("ct", [(-125.0, 225.0)]), hu_channel("mr", [(0.0, 900.0)])
+    (1, None, None)
+    """
+    ok = [i for i, (lo, hi) in enumerate(windows) if lo < LESION_HU and hi > SOLID_HU] if modality == "ct" else []
+    return min(ok, key=lambda i: windows[i][0]) if ok else None
+
+
+def measure_many_ct(images: np.ndarray, spacing_mm: float, channel: int = 0) -> dict[str, np.ndarray]:
+    """Lesion readouts of (N, C, H, W) HU images (channel ``channel``) at ``spacing_mm``: one array of N values per column."""
+    rows = [measure_lesion(im[channel], (spacing_mm, spacing_mm)) for im in images]
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
+def ct_label(column: str) -> str | None:
+    """E.g. 'Lesion_MeanHU' -> 'mean density (HU)'; None for a column that is not a CT readout."""
+    if column not in CT_LABELS:
+        return None
+    name, unit, _ = CT_LABELS[column]
+    return f"{name} ({unit})" if unit else name
+
+
+def _amount(column: str, change: float) -> str:
+    name, unit, scale = CT_LABELS[column]
+    v = change * scale
+    text = f"{v:+.0f}" if unit == "HU" else f"{v:+.1f}" if unit in ("mm", "points") else f"{v:+.2f}"
+    return f"{name} {text}{' ' + unit if unit else ''}"
+
+
+def describe_ct(trends: dict[str, dict[str, float]], min_r: float = 0.5) -> str:
+    """The CT readouts that move consistently (|median Spearman r| >= ``min_r``) with their absolute change at full strength.
+
+    Example
+    -------
+    >>> describe_ct({"Lesion_Diameter_mm": {"spearman_r": 0.9, "change_at_max": 2.14},
+    ...              "Lesion_MeanHU": {"spearman_r": 0.8, "change_at_max": 85.2},
+    ...              "Lesion_SolidShare": {"spearman_r": 0.2, "change_at_max": 0.3}})
+    'nodule diameter +2.1 mm, mean density +85 HU'
+    """
+    parts = [_amount(k, trends[k]["change_at_max"]) for k in DESCRIBED
+             if k in trends and abs(trends[k]["spearman_r"]) >= min_r and np.isfinite(trends[k]["change_at_max"])]
+    return ", ".join(parts) if parts else "no consistent change of the lesion measured"
+
+
 def describe_change(before: dict[str, float], after: dict[str, float]) -> str:
     """E.g. ``nodule diameter +2.1 mm, mean density +85 HU, solid share -12.0 points`` (percentage points)."""
     parts = []

@@ -30,6 +30,7 @@ import numpy as np
 
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, read_json
+from diffex.report.ct_view import ct_context, lesion_columns, lesion_readouts, lesion_scales
 from diffex.report.folder import read_hyperstack, read_morphology
 from diffex.report.methods import methods_paragraph
 from diffex.report.morphology import measurement_label, salient
@@ -81,11 +82,12 @@ def _num(v: float) -> str:
 
 
 # ------------------------------------------------------------------------------ data helpers
-def morphology_curves(rows: list[dict], columns: list[str], strengths: list[float], image_size: int) -> list[tuple[str, list[float]]]:
+def morphology_curves(rows: list[dict], columns: list[str], strengths: list[float], image_size: int,
+                      absolute: dict[str, float] | None = None) -> list[tuple[str, list[float]]]:
     """Median over images of each column's relative change from the strength-0 render, per strength.
 
     Position columns (Center_X/Y) are relative to the image size, the others to the value at
-    strength 0.
+    strength 0; with ``absolute`` (CT: column -> factor to its unit) the change is absolute, in mm, HU or points.
 
     Example
     -------
@@ -102,7 +104,7 @@ def morphology_curves(rows: list[dict], columns: list[str], strengths: list[floa
         per = []
         for frames in by_image.values():
             ref = frames.get(zero, {}).get(col)
-            denom = float(image_size) if "Center" in col else abs(ref) if isinstance(ref, float) else 0.0
+            denom = 1.0 / absolute[col] if absolute else float(image_size) if "Center" in col else abs(ref) if isinstance(ref, float) else 0.0
             if not isinstance(ref, float) or not np.isfinite(ref) or denom == 0:
                 continue
             per.append([(frames[round(s, 6)][col] - ref) / denom if isinstance(frames.get(round(s, 6), {}).get(col), float) else np.nan
@@ -125,16 +127,19 @@ def _ranges(results: Results, stacks: list[np.ndarray]) -> tuple[np.ndarray, np.
     return low, np.where(high > low, high, low + 1)
 
 
-def _example(ex, stack: np.ndarray, att: Attribute, low: np.ndarray, high: np.ndarray, zero: int) -> dict:
-    """Everything one example needs: composites, channels and difference maps per frame, p(target), its role."""
+def _example(ex, stack: np.ndarray, att: Attribute, low: np.ndarray, high: np.ndarray, zero: int, grey_view: bool = False) -> dict:
+    """Everything one example needs: composites (grey in the first window for CT), channels and difference maps per frame,
+    p(target), its role."""
     frames, n_ch = range(len(stack)), stack.shape[1]
+    view = (lambda im: grey(im[0], low[0], high[0])) if grey_view else (lambda im: composite(im, low, high))
+    k = 1 if grey_view else n_ch  # the composite's difference map: the channels the composite shows
     p = att.traversal.p_target[ex.index] if ex.index < len(att.traversal.p_target) else []
     return {
         "image": ex.image, "condition": ex.condition, "moved": ex.condition != att.target, "role": ex.role,
         "role_text": ROLE_TEXT.get(ex.role, ex.role), "p": p,
-        "composite": [png_uri(composite(stack[j], low, high)) for j in frames],
+        "composite": [png_uri(view(stack[j])) for j in frames],
         "channels": [[png_uri(grey(stack[j, c], low[c], high[c])) for j in frames] for c in range(n_ch)],
-        "diff": [png_uri(difference_map(stack[j], stack[zero], low, high, DIFF_SCALE)) for j in frames],
+        "diff": [png_uri(difference_map(stack[j, :k], stack[zero, :k], low[:k], high[:k], DIFF_SCALE)) for j in frames],
         "channel_diffs": [[png_uri(difference_map(stack[j, c:c + 1], stack[zero, c:c + 1], low[c:c + 1], high[c:c + 1], DIFF_SCALE))
                            for j in frames] for c in range(n_ch)],
     }
@@ -167,13 +172,16 @@ def _section(out: Path, results: Results, att: Attribute, morph_rows: list[dict]
     start = max(0, len(strengths) - 1)
     rows = [r for r in morph_rows if r.get("attribute") == att.id and r.get("Role", "random sample") == "random sample"]
     trends = {k: vars(v) for k, v in att.morphology.items()}
-    cols = salient(trends, top=4) or sorted(trends, key=lambda k: -abs(trends[k]["spearman_r"]))[:3]
-    curves = morphology_curves(rows, cols, strengths, results.diffusion_model.image_size) if rows and strengths else []
+    lesion = lesion_readouts(results)
+    cols = lesion_columns(trends) if lesion else salient(trends, top=4) or sorted(trends, key=lambda k: -abs(trends[k]["spearman_r"]))[:3]
+    absolute = lesion_scales(cols) if lesion else None
+    curves = morphology_curves(rows, cols, strengths, results.diffusion_model.image_size, absolute) if rows and strengths else []
     return {
         "att": att, "n_frames": len(strengths), "start": start, "zero": zero, "strengths_text": [f"{s:+.2f}" for s in strengths],
-        "examples": [_example(ex, st, att, low, high, zero) for ex, st in zip(shown, stacks)],
+        "examples": [_example(ex, st, att, low, high, zero, grey_view=results.imaging is not None) for ex, st in zip(shown, stacks)],
         "brighter": _rgb(BRIGHTER), "darker": _rgb(DARKER), "diff_scale": DIFF_SCALE,
-        "morph": line_plot(strengths, curves, f"strength (towards {att.target} →)", "change from strength 0", start) if curves else None,
+        "morph": line_plot(strengths, curves, f"strength (towards {att.target} →)", "change from strength 0" + (" (mm, HU, points)" if lesion else ""), start,
+                           yfmt="{:+g}" if lesion else None) if curves else None,
         "morph_images": len({r["ImageName"] for r in rows}),
         "hist": histogram_plot(att.coordinate, "coordinate along the attribute (units of mean ‖h‖)", att.strength) if att.coordinate else None,
         "spread": _spread(att),
@@ -207,7 +215,7 @@ def render_report(out: Path, results: Results, provenance: dict | None = None, m
     return environment().get_template("report.html.j2").render(
         r=results, prov=provenance, title=" vs ".join(results.conditions), channels=channels, channel_names=results.channel_names,
         sections=[_section(Path(out), results, a, morph_rows or []) for a in results.attributes],
-        methods=methods_paragraph(results, provenance), config_text=config_text,
+        methods=methods_paragraph(results, provenance), config_text=config_text, ct=ct_context(results, DIFF_SCALE),
         css=(STATIC / "report.css").read_text(), js=(STATIC / "report.js").read_text())
 
 

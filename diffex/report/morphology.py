@@ -118,7 +118,11 @@ PRETTY = {"AreaShape_Area": "area", "Intensity_MeanIntensity": "object intensity
 
 
 def measurement_label(column: str) -> str:
-    """Plain name of a measurement column, e.g. 'DNA_AreaShape_Area' -> 'DNA area'."""
+    """Plain name of a measurement column, e.g. 'DNA_AreaShape_Area' -> 'DNA area' (CT: 'Lesion_MeanHU' -> 'mean density (HU)')."""
+    from diffex.report.ct_morphology import ct_label
+
+    if ct_label(column):
+        return ct_label(column)
     ch, _, feat = column.partition("_")
     for key, text in PRETTY.items():
         if column.endswith("_" + key):

@@ -77,13 +77,13 @@ class Axes:
 
 
 def line_plot(x: list[float], series: list[tuple[str, list[float]]], xlabel: str, ylabel: str,
-              marker_frame: int | None = None) -> dict:
-    """Line plot of several series over x (relative changes), with a legend and an optional movable marker."""
+              marker_frame: int | None = None, yfmt: str | None = None) -> dict:
+    """Line plot of several series over x (relative changes, or values in ``yfmt``), with a legend and an optional movable marker."""
     ys = [v for _, vals in series for v in vals if np.isfinite(v)] or [0.0]
     lo, hi = min(min(ys), 0.0), max(max(ys), 0.0)
     pad = 0.08 * (hi - lo or 1.0)
     ax = Axes((min(x), max(x)), (lo - pad, hi + pad), legend_rows=len(series))
-    out = {"frame": ax.frame(xlabel, ylabel, "{:+g}", "{:+.0%}" if hi - lo >= 0.05 else "{:+.1%}"), "zero_y": round(ax.y(0), 1),
+    out = {"frame": ax.frame(xlabel, ylabel, "{:+g}", yfmt or ("{:+.0%}" if hi - lo >= 0.05 else "{:+.1%}")), "zero_y": round(ax.y(0), 1),
            "label": f"{ylabel} against {xlabel}", "marker": None, "series": []}
     if marker_frame is not None:
         out["marker"] = {"xs": ",".join(f"{ax.x(v):.1f}" for v in x), "x": round(ax.x(x[marker_frame]), 1)}

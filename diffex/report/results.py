@@ -154,6 +154,16 @@ class Statistics:
 
 
 @dataclass
+class ImagingSummary:
+    """CT/MR only: how the images became model inputs (spacing, windows; values in HU for CT)."""
+
+    modality: str  # "ct" or "mr"
+    spacing_mm: float  # pixel spacing every slice was resampled to
+    windows: list[dict[str, Any]]  # per channel: name, low, high (HU for CT)
+    input: str  # the sentence the methods paragraph shows
+
+
+@dataclass
 class Results:
     """Everything ``diffex explain`` found, as stored in ``results.json``."""
 
@@ -180,6 +190,7 @@ class Results:
     quality_gate_passed: bool
     elapsed_s: float
     unet_image_evaluations_this_run: dict[str, int]  # noise predictions per stage; 0 for stages served from the cache
+    imaging: ImagingSummary | None = None  # CT/MR; None for microscopy
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -222,7 +233,10 @@ def _convert(hint, value, where: str):
 # ------------------------------------------------------------------------------------ files
 def write_results(path: str | Path, results: Results) -> None:
     """Write ``results.json`` atomically."""
-    write_json(path, to_plain(results))
+    data = to_plain(results)
+    if data.get("imaging") is None:  # microscopy: results.json as before CT existed
+        data.pop("imaging", None)
+    write_json(path, data)
 
 
 def read_results(path: str | Path) -> Results:
