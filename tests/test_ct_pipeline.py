@@ -142,6 +142,7 @@ def test_explain_on_ct_reports_lesions_in_mm_and_hu(ct_models, ct_data, tmp_path
                 assert float(row[k]) == pytest.approx(again[k], rel=1e-4, nan_ok=True)
     html = (tmp_path / "exp" / "report.html").read_text()
     assert "lung window W 1500 / L -600 HU" in html and "1.4 mm" in html
+    assert "do not show that such lesions exist" in html and "cell" not in html.split("<h2 id=\"methods\">")[0].lower()
 
 
 def test_models_with_other_windows_do_not_fit(ct_models):

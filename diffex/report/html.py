@@ -46,6 +46,9 @@ DIFF_SCALE = 0.25  # difference maps: full colour = a change of 25 % of the chan
 ROLE_TEXT = {"most affected": "most affected image (largest change of p under this attribute): shown for illustration, not used for the measurements",
              "random sample": "randomly drawn image (one of the images the measurements below are computed on)"}
 STATIC = Path(__file__).resolve().parent / "static"
+# what the images show, in the report's sentences
+OBJECTS = {"cells": {"one": "a cell", "many": "cells", "image": "a cell image"},
+           "ct": {"one": "a lesion or its surroundings", "many": "lesions", "image": "a CT patch"}}
 
 
 # ------------------------------------------------------------------------------------ images
@@ -216,6 +219,7 @@ def render_report(out: Path, results: Results, provenance: dict | None = None, m
         r=results, prov=provenance, title=" vs ".join(results.conditions), channels=channels, channel_names=results.channel_names,
         sections=[_section(Path(out), results, a, morph_rows or []) for a in results.attributes],
         methods=methods_paragraph(results, provenance), config_text=config_text, ct=ct_context(results, DIFF_SCALE),
+        obj=OBJECTS["ct" if results.imaging is not None else "cells"],
         css=(STATIC / "report.css").read_text(), js=(STATIC / "report.js").read_text())
 
 
