@@ -162,11 +162,5 @@ def describe_ct(trends: dict[str, dict[str, float]], min_r: float = 0.5) -> str:
 
 def describe_change(before: dict[str, float], after: dict[str, float]) -> str:
     """E.g. ``nodule diameter +2.1 mm, mean density +85 HU, solid share -12.0 points`` (percentage points)."""
-    parts = []
-    for key, name, unit, scale in (("Lesion_Diameter_mm", "nodule diameter", " mm", 1.0),
-                                   ("Lesion_MeanHU", "mean density", " HU", 1.0),
-                                   ("Lesion_SolidShare", "solid share", " points", 100.0)):
-        d = (after[key] - before[key]) * scale
-        if np.isfinite(d):
-            parts.append(f"{name} {d:+.1f}{unit}" if unit != " HU" else f"{name} {d:+.0f}{unit}")
-    return ", ".join(parts)
+    keys = ("Lesion_Diameter_mm", "Lesion_MeanHU", "Lesion_SolidShare")
+    return ", ".join(_amount(k, after[k] - before[k]) for k in keys if np.isfinite(after[k] - before[k]))
