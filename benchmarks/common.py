@@ -21,9 +21,11 @@ import torch
 
 from diffex.data.dataset import discover, load_images, stratified_indices
 from diffex.errors import DiffexError
+from diffex.explain.calibrate import calibrate, coordinates, edit_steps
 from diffex.explain.config import ExplainConfig
 from diffex.explain.directions import DirectionContext, generate
 from diffex.explain.invert import counterfactual_targets
+from diffex.explain.search import Calibrated
 from diffex.explain.sensitivity import classifier_gradients
 from diffex.models import hooks, sampler
 from diffex.models.bridge import ModelPair, check_models
@@ -98,16 +100,35 @@ def candidates(s: Setup, inv: Inverted, grads: torch.Tensor, grad_idx: np.ndarra
     """k candidate directions from ``methods`` (about k / len(methods) each), merged as explain merges them."""
     ts = s.cfg.sampler.timesteps(s.pair.dm.num_train_timesteps)
     ctx = DirectionContext(s.pair, inv.xrec, inv.h, grads, inv.targets[grad_idx], s.class_names,
-                           ts[ts >= s.cfg.t_edit], inv.h_scale, seed=s.cfg.seed, contrastive_iterations=s.cfg.contrastive_iterations)
+                           ts[ts >= s.cfg.t_edit], inv.h_scale, seed=s.cfg.seed, contrastive_iterations=s.cfg.contrastive_iterations,
+                           labels=s.labels)
     cands = generate(ctx, methods, math.ceil(k / len(methods)), merge_cos=s.cfg.merge_cos)
     return cands.vectors[:k], cands.names[:k]
 
 
-def full_table(s: Setup, inv: Inverted, vectors: torch.Tensor, idx: np.ndarray) -> np.ndarray:
-    """Class probabilities (len(idx), K, 2, classes) of every image x candidate x sign at the config's strength."""
+def calibrated(s: Setup, inv: Inverted, vectors: torch.Tensor) -> Calibrated:
+    """The candidates' calibration (explain's, :mod:`diffex.explain.calibrate`) on all the benchmark's images."""
+    steps = edit_steps(s.cfg.sampler.timesteps(s.pair.dm.num_train_timesteps), s.cfg.t_edit)
+    coords = coordinates(inv.h, vectors, steps)  # (N, K)
+    return Calibrated(calibrate(coords, inv.h_scale, s.cfg.strength, s.cfg.strength_unit), coords)
+
+
+def full_scales(cal: Calibrated, idx: np.ndarray, k: int) -> np.ndarray:
+    """Signed full-strength offsets (len(idx), k*2) of every image x candidate x sign (candidate-major, sign minor)."""
+    return np.stack([cal.scales(idx, j, sign) for j in range(k) for sign in (-1, 1)], 1)
+
+
+def full_table(s: Setup, inv: Inverted, vectors: torch.Tensor, idx: np.ndarray, cal: Calibrated | None = None) -> np.ndarray:
+    """Class probabilities (len(idx), K, 2, classes) of every image x candidate x sign at the config's (calibrated) strength.
+
+    ``cal`` defaults to :func:`calibrated` of ``vectors``; pass the one of a larger candidate set with its rows selected
+    when ``vectors`` is a subset.
+    """
     cfg = s.cfg
-    offsets = sampler.edit_offsets(vectors, torch.tensor([-cfg.strength, cfg.strength]), inv.h_scale).flatten(0, 1)
-    x = sampler.render_edits(s.pair.dm, inv.xt[idx], offsets, cfg.sampler, batch_size=cfg.batch_size)
+    cal = cal or calibrated(s, inv, vectors)
+    offsets = vectors.repeat_interleave(2, 0)  # (K*2, *h)
+    x = sampler.render_edits(s.pair.dm, inv.xt[idx], offsets, cfg.sampler, batch_size=cfg.batch_size,
+                             scales=torch.as_tensor(full_scales(cal, idx, len(vectors))))
     return s.pair.probs(x.flatten(0, 1)).numpy().reshape(len(idx), len(vectors), 2, -1)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import REPO, candidates, full_table, gradients, invert_all, load_setup  # noqa: E402
+from common import REPO, calibrated, candidates, full_scales, full_table, gradients, invert_all, load_setup  # noqa: E402
 
 from diffex.explain.config import ExplainConfig  # noqa: E402
 from diffex.explain.effects import effect_table  # noqa: E402
@@ -49,15 +49,19 @@ def selections(table: np.ndarray, probs_rec: np.ndarray, labels: np.ndarray, col
     return out
 
 
-def first_order_accuracy(grads, vectors, table, probs_rec, labels, scale: float) -> dict[int, float]:
-    """Per target: Spearman between predicted first-order mean Δp and rendered mean Δp over every candidate x sign."""
-    fo = first_order_effects(grads, vectors).numpy() * scale  # (N, K) Δ log p per image at full strength
+def first_order_accuracy(grads, vectors, table, probs_rec, labels, scales: np.ndarray) -> dict[int, float]:
+    """Per target: Spearman between predicted first-order mean Δp and rendered mean Δp over every candidate x sign.
+
+    ``scales`` (N, K*2): each image's signed full-strength offset per candidate and sign (:func:`common.full_scales`).
+    """
+    fo = first_order_effects(grads, vectors).numpy()  # (N, K) Δ log p per image per unit of Δh
+    fo = fo[:, :, None] * scales.reshape(len(fo), -1, 2)  # (N, K, 2) at each image's full strength, both signs
     out = {}
     for t in np.unique(labels):
         moved = labels != t
         effect, _, eligible = effect_table(table[moved], probs_rec[moved], np.full(int(moved.sum()), t))
         w = probs_rec[moved, t] * eligible  # first-order Δp = p · Δ log p; images already at t weigh 0
-        pred = np.stack([-(w[:, None] * fo[moved]).mean(0), (w[:, None] * fo[moved]).mean(0)], 1)  # (K, 2)
+        pred = (w[:, None, None] * fo[moved]).mean(0)  # (K, 2)
         out[int(t)] = float(spearmanr(pred.ravel(), effect[eligible].mean(0).ravel())[0])
     return out
 
@@ -69,17 +73,18 @@ def run(classifier, diffusion, images, n: int, k: int, top: int, m: int, device:
     idx = np.arange(n)
     grads = {"symmetric": gradients(s, inv, idx, cfg.gradient_sampler), "asymmetric": gradients(s, inv, idx, cfg.sampler)}
     vectors, names = candidates(s, inv, grads["symmetric"], idx, METHODS, k)
-    table = full_table(s, inv, vectors, idx)  # (N, K, 2, classes)
+    cal = calibrated(s, inv, vectors)
+    table = full_table(s, inv, vectors, idx, cal)  # (N, K, 2, classes)
     all_cols = np.arange(len(vectors))
     out = {"n": n, "k": len(vectors), "top": top, "m": m, "candidates": names, "sampler": str(cfg.sampler),
-           "strength": cfg.strength, "precision": cfg.precision, "full_table": {}}
+           "strength": cfg.strength, "strength_unit": cfg.strength_unit, "precision": cfg.precision, "full_table": {}}
     for rule, conf in (("reference rule", None), ("explain rule", cfg.selection_confidence)):
         out["full_table"][rule] = selections(table, inv.probs_rec, s.labels, all_cols, m, cfg, conf)
     tgt = inv.targets
     weights = inv.probs_rec[idx, tgt] * (inv.probs_rec.argmax(1) != tgt)
     out["screens"] = []
     for variant, g in grads.items():
-        acc = first_order_accuracy(g, vectors, table, inv.probs_rec, s.labels, cfg.strength * inv.h_scale)
+        acc = first_order_accuracy(g, vectors, table, inv.probs_rec, s.labels, full_scales(cal, idx, len(vectors)))
         for score, w in (("dlogp", None), ("dp", weights)):
             order, _ = screen(g, tgt, vectors, top, weights=w)
             row = {"gradients": variant, "score": score, "shortlist": order.tolist(), "spearman_first_order_vs_rendered": acc}

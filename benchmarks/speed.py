@@ -100,6 +100,8 @@ def diffex_side(s, vectors: torch.Tensor, m: int) -> dict:
 def reference_side(s, vectors: torch.Tensor, h_scale: float, targets: np.ndarray, m: int, cached: bool) -> dict:
     """(a) or (b): the DiffEx procedure with its own inversion settings, re-inverting every round or not."""
     cfg, rec = s.cfg, {}
+    if cfg.strength_unit != "h_norm":
+        raise ValueError("the DiffEx procedure renders one strength for every image: run this benchmark with strength_unit h_norm")
     with measured(s.pair.dm.unet, s.device, rec):
         sels = reference_attfind(s.pair, s.x0, targets, vectors, cfg.strength * h_scale, m, batch_size=cfg.batch_size,
                                  render_spec=SamplerSpec(steps=20, t_edit=cfg.t_edit, mode=cfg.mode), cache_inversion=cached)
@@ -124,7 +126,7 @@ def run(classifier, diffusion, images, n: int, k: int, m: int, device: str = "cp
     Each side's figures also go to stderr as one JSON line when it finishes, so that a long run
     stopped early keeps what it measured. ``same_settings=False`` skips the ``full_table`` check.
     """
-    cfg = cfg or ExplainConfig()
+    cfg = cfg or ExplainConfig(strength=1.0, strength_unit="h_norm")
     s = load_setup(classifier, diffusion, images, n, cfg, device)
     out: dict = {"n": n, "k": k, "m": m, "device": describe_device(s.device), "threads": torch.get_num_threads(),
                  "precision": cfg.precision, "batch_size": cfg.batch_size, "sampler": str(cfg.sampler)}
@@ -171,7 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-same-settings", action="store_true",
                     help="skip rendering all K candidates with explain's sampler (the same-settings agreement check)")
     a = ap.parse_args(argv)
-    cfg = ExplainConfig(precision=a.precision, batch_size=a.batch_size)
+    # the DiffEx procedure has no per-image calibration: both sides render 1 x mean ‖h‖ for every image (equal work)
+    cfg = ExplainConfig(precision=a.precision, batch_size=a.batch_size, strength=1.0, strength_unit="h_norm")
     res = run(a.classifier, a.diffusion, a.images, a.n, a.k, a.m, a.device, cfg=cfg,
               baselines=tuple(a.baseline or ("reference", "reference_cached")), same_settings=not a.skip_same_settings)
     print(json.dumps(res, indent=2))

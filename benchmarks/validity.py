@@ -1,11 +1,13 @@
 """Validity benchmark: are diffex's explanations right, on synthetic data whose factors are known?
 
-Three configurations, each with its own classifier and diffusion model:
+Four configurations, each with its own classifier and diffusion model:
 
 - ``sample``: the shipped sample data (conditions differ in nuclear size and cytoplasm brightness);
 - ``single``: the conditions differ in nuclear size only (benchmarks/validity/single_factor.yaml);
 - ``subtle``: a subtle cytoplasm-brightness difference among strong nuisance variation
-  (benchmarks/validity/subtle_factor.yaml).
+  (benchmarks/validity/subtle_factor.yaml);
+- ``ct``: the shipped CT sample (sample_data/ct/: lung nodules, benign vs malignant, differing in
+  nodule diameter and solid share; ``diffex synthetic --modality ct``).
 
 For every direction method in the registry (``contrastive``, the DiffEx-style method, is the
 baseline row) it runs ``diffex explain`` with that method alone on the configuration's held-out
@@ -13,7 +15,11 @@ images and scores the attributes against the ground truth, from the experiment f
 (``results.json`` through :mod:`diffex.report.results`, ``morphology.csv``, the hyperstacks).
 
 The factors are measured on renders as: nuclear size -> ``DNA_AreaShape_Area``, cytoplasm
-brightness -> ``Actin_Intensity_MeanIntensity``; nuisance: cell size, x, y and elongation.
+brightness -> ``Actin_Intensity_MeanIntensity``; nuisance: cell size, x, y and elongation. For CT
+(lesion readouts in mm and HU, :mod:`diffex.report.ct_morphology`): nodule diameter ->
+``Lesion_Diameter_mm``, solid fraction -> ``Lesion_SolidShare``; nuisance: nodule x and y (change
+relative to the patch's width in mm), parenchyma density and margin irregularity (change relative
+to the real images' median magnitude; CT trends are absolute, microscopy ones already relative).
 
 **Matching.** An attribute *matches* a true factor when (i) the median within-image |Spearman r|
 of the factor's measurement with strength is >= ``MATCH_R``; (ii) its sign is the ground truth's:
@@ -41,7 +47,7 @@ renders with any |z| > 4; and on the real images, how well each measurement trac
 Usage::
 
     python benchmarks/validity.py prepare --root runs/validity          # data + models (hours on a CPU)
-    python benchmarks/validity.py run --root runs/validity --device cpu  # 12 explain runs, then the table
+    python benchmarks/validity.py run --root runs/validity --device cpu  # one explain run per method x configuration, then the table
     python benchmarks/validity.py score EXPERIMENT_DIR --images DIR --factors CSV   # one experiment
 """
 
@@ -61,10 +67,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent / "validity"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # validity_table
 
 MEASURE = {"nucleus_radius": "DNA_AreaShape_Area", "actin_level": "Actin_Intensity_MeanIntensity"}
 NUISANCE = {"cell size": "Actin_AreaShape_Area", "cell x": "Actin_AreaShape_Center_X",
             "cell y": "Actin_AreaShape_Center_Y", "cell elongation": "Actin_AreaShape_Eccentricity"}
+MEASURE_CT = {"diameter_mm": "Lesion_Diameter_mm", "solid_fraction": "Lesion_SolidShare"}
+NUISANCE_CT = {"nodule x": "Lesion_CenterX_mm", "nodule y": "Lesion_CenterY_mm", "parenchyma density": "Lesion_ParenchymaHU",
+               "margin irregularity": "Lesion_MarginIrregularity"}
 RANDOM = "random sample"  # morphology.csv Role of the images the trends are computed on
 
 MATCH_R = 0.7  # |r| from which an attribute tracks a factor (a match also needs the right sign and to stay in the data)
@@ -79,7 +89,7 @@ DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of t
 MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
 CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
 FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
-           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst")
+           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst", "consistency")
 
 # settings of the benchmark's explain runs (CPU-sized; the defaults otherwise)
 EXPLAIN = {"max_images": 120, "gradient_images": 32, "rank_images": 32, "max_attributes": 2, "directions_per_method": 4,
@@ -91,12 +101,17 @@ class Configuration:
     name: str
     differs: tuple[str, ...]  # the factors whose distribution differs between conditions
     spec: Path | None  # generator YAML (None: the sample data's defaults)
+    modality: str = "microscopy"  # "ct": lesion readouts (MEASURE_CT, NUISANCE_CT)
 
     def paths(self, root: Path) -> dict[str, Path]:
         if self.name == "sample":
             s = REPO / "sample_data"
             return {"images": s / "heldout", "factors": s / "heldout_factors.csv", "classifier": s / "models" / "classifier",
                     "diffusion": s / "models" / "diffusion", "train": s / "cells"}
+        if self.name == "ct":
+            s = REPO / "sample_data" / "ct"
+            return {"images": s / "heldout", "factors": s / "heldout_factors.csv", "classifier": s / "models" / "classifier",
+                    "diffusion": s / "models" / "diffusion", "train": s / "lesions"}
         d = root / self.spec.stem  # e.g. ROOT/single_factor
         return {"images": d / "heldout", "factors": d / "heldout_factors.csv", "classifier": d / "classifier",
                 "diffusion": d / "diffusion", "train": d / "cells"}
@@ -106,6 +121,7 @@ CONFIGURATIONS = (
     Configuration("sample", ("nucleus_radius", "actin_level"), None),
     Configuration("single", ("nucleus_radius",), HERE / "single_factor.yaml"),
     Configuration("subtle", ("actin_level",), HERE / "subtle_factor.yaml"),
+    Configuration("ct", ("diameter_mm", "solid_fraction"), None, "ct"),
 )
 
 
@@ -136,14 +152,30 @@ def prepare(root: Path, device: str) -> None:
 Real = tuple[list[str], dict[str, np.ndarray]]  # the real images' relative paths and measurements
 
 
-def _real_measurements(images: Path, size: int, channel_names: list[str]) -> Real:
-    """Relative paths and morphology of the real images, at the models' size."""
+def _real_measurements(images: Path, size: int, channel_names: list[str], imaging=None) -> Real:
+    """Relative paths and morphology of the real images, at the models' size (CT: read and measured as explain does)."""
     from diffex.data.dataset import discover, load_images, relative_path
     from diffex.report.morphology import measure_many
 
+    if imaging is not None:
+        return _real_ct(images, size, imaging)
     recs = sorted(discover(images), key=lambda r: str(r.path))
     imgs = load_images(recs, size, show_progress=False)
     return [relative_path(r.path, images) for r in recs], measure_many(imgs.raw, channel_names)
+
+
+def _real_ct(images: Path, size: int, imaging) -> Real:
+    """CT: the manifest's patches resampled and windowed with the experiment's geometry, lesion readouts in mm and HU."""
+    from diffex.data.ct_load import CTGeometry
+    from diffex.data.dataset import image_name
+    from diffex.data.source import find_records, load_records
+    from diffex.report.ct_morphology import hu_channel, measure_many_ct
+
+    geo = CTGeometry.from_dict({"modality": imaging.modality, "spacing_mm": imaging.spacing_mm, "windows": imaging.windows}, size)
+    recs = find_records(images, geo)
+    data = load_records(recs, size, "area", geo, show_progress=False)
+    ch = hu_channel(geo.modality, [(w.low, w.high) for w in geo.hu_windows])
+    return [image_name(r, images) for r in recs], measure_many_ct(data.raw, geo.spacing_mm, ch)
 
 
 def read_truth(factors: Path) -> list[dict]:
@@ -214,26 +246,45 @@ def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]]) -> t
     return share, worst
 
 
-def nuisance_drift(att) -> tuple[float | None, str | None]:
-    """The largest relative change of a nuisance measurement at +-strength (unmeasured: inf), and which."""
-    drift = {n: float(np.nan_to_num(max(abs(t.change_at_max), abs(t.change_at_min)), nan=np.inf))
-             for n, c in NUISANCE.items() if (t := att.morphology.get(c)) is not None}
+def nuisance_drift(att, nuisance: dict[str, str] | None = None, scale: dict[str, float] | None = None) -> tuple[float | None, str | None]:
+    """The largest relative change of a nuisance measurement at +-strength (unmeasured: inf), and which.
+
+    ``scale`` (column -> divisor) turns absolute changes (CT trends) into relative ones; microscopy trends are relative already.
+    """
+    nuisance, scale = nuisance or NUISANCE, scale or {}
+    drift = {n: float(np.nan_to_num(max(abs(t.change_at_max), abs(t.change_at_min)) / scale.get(c, 1.0), nan=np.inf))
+             for n, c in nuisance.items() if (t := att.morphology.get(c)) is not None}
     if not drift:
         return None, None
     worst = max(drift, key=drift.get)
     return drift[worst], worst
 
 
-def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_flips: float = float("nan")) -> dict:
+@dataclass(frozen=True)
+class Readouts:
+    """What a configuration measures: factor -> column, nuisance name -> column, and the drift divisors of absolute trends."""
+
+    measure: dict
+    nuisance: dict
+    drift_scale: dict
+
+
+MICROSCOPY = Readouts(MEASURE, NUISANCE, {})
+
+
+def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_flips: float = float("nan"),
+            readouts: Readouts = MICROSCOPY) -> dict:
     """The scores of one attribute as the match of ``factor`` (see FIGURES); ``top_flips``: its target's top-3 cumulative flip rate."""
-    col = MEASURE[factor]
-    drift, drift_worst = nuisance_drift(att)
-    share, share_worst = outside_share(full_strength(rows, att.id), {c: ranges[c] for c in (col, *NUISANCE.values()) if c in ranges})
+    measure, nuisance = readouts.measure, readouts.nuisance
+    col = measure[factor]
+    drift, drift_worst = nuisance_drift(att, nuisance, readouts.drift_scale)
+    share, share_worst = outside_share(full_strength(rows, att.id), {c: ranges[c] for c in (col, *nuisance.values()) if c in ranges})
     return {"target": att.target, "rank": att.rank, "r": trend_r(att, col), "expected_sign": sign,
-            "other_r": max(abs(trend_r(att, MEASURE[g])) for g in MEASURE if g != factor),
+            "other_r": max((abs(trend_r(att, measure[g])) for g in measure if g != factor), default=0.0),
             "auc": att.separation_auc, "p_adjusted": att.separation_p_adjusted, "flip_rate": att.flip_rate,
             "baseline_at_target": att.baseline_at_target, "n_eligible": att.n_eligible, "top_flips": top_flips,
-            "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst}
+            "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst,
+            "consistency": float(getattr(att, "consistency", float("nan")))}
 
 
 def criteria(fig: dict) -> dict[str, bool]:
@@ -263,15 +314,15 @@ def rejection(fig: dict) -> str | None:
     return None
 
 
-def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict) -> dict:
+def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict, readouts: Readouts = MICROSCOPY) -> dict:
     """The match of one true factor among the attributes, its figures, criteria and the rejected attributes."""
-    col = MEASURE[factor]
+    col = readouts.measure[factor]
     matches, rejected = [], {}
     for a in sorted(atts, key=lambda a: (a.rank, -abs(trend_r(a, col)))):
         if abs(trend_r(a, col)) < MATCH_R:
             continue
         top_flips = max((b.cumulative_flip_rate for b in atts if b.target == a.target and b.rank <= TOP_RANK), default=float("nan"))
-        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips)
+        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips, readouts)
         why = rejection(fig)
         if why:
             rejected[a.id] = why
@@ -314,13 +365,13 @@ def proximity(exp: Path, top: list, display_ranges: dict) -> dict:
     return {"l1": _mean([v for p in pairs for v in p[0]]), "ssim": _mean([v for p in pairs for v in p[1]])}
 
 
-def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict]) -> dict:
+def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict], measure: dict | None = None) -> dict:
     """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity)."""
     from scipy.stats import spearmanr
 
     by_path = {r["path"]: r for r in truth}
     out = {}
-    for f, col in MEASURE.items():
+    for f, col in (measure or MEASURE).items():
         pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)]
         out[f"proxy_r_{f}"] = float(spearmanr(*zip(*pairs))[0]) if len(pairs) > 2 else None
     return out
@@ -347,15 +398,35 @@ def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...
     from diffex.report.results import read_results
 
     res = read_results(exp / "results.json")
-    paths, meas = real if real is not None else _real_measurements(images, res.diffusion_model.image_size, res.channel_names)
+    size = res.diffusion_model.image_size
+    paths, meas = real if real is not None else _real_measurements(images, size, res.channel_names, res.imaging)
+    readouts = readouts_of(res, meas)
     truth = read_truth(factors)
     rows = random_rows(read_morphology(exp / "morphology.csv"))
-    ranges = data_ranges(meas, [*MEASURE.values(), *NUISANCE.values()])
-    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges) for f in differs}
+    ranges = data_ranges(meas, [*readouts.measure.values(), *readouts.nuisance.values()])
+    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts) for f in differs}
     top = [a for a in res.attributes if a.rank == 1]
     return {"attributes": len(res.attributes), "elapsed_s": res.elapsed_s, "factors": per_factor,
-            "passed": all(v["passed"] for v in per_factor.values()),
-            **proximity(exp, top, res.display_ranges), **proxy_validity(paths, meas, truth), **realism(rows, top, meas)}
+            "passed": all(v["passed"] for v in per_factor.values()), **strength_figures(res.attributes),
+            **proximity(exp, top, res.display_ranges), **proxy_validity(paths, meas, truth, readouts.measure), **realism(rows, top, meas)}
+
+
+def readouts_of(res, real: dict[str, np.ndarray]) -> Readouts:
+    """The experiment's readouts: microscopy's, or for CT the lesion readouts with drift relative to the patch width (positions)
+    and to the real images' median magnitude (the rest)."""
+    if res.imaging is None:
+        return MICROSCOPY
+    width = res.diffusion_model.image_size * res.imaging.spacing_mm
+    scale = {c: width if "Center" in c else float(np.nanmedian(np.abs(real.get(c, [np.nan])))) for c in NUISANCE_CT.values()}
+    return Readouts(MEASURE_CT, NUISANCE_CT, scale)
+
+
+def strength_figures(atts: list) -> dict:
+    """How far the rank-1 attributes moved the images (SD of the real data along them) and how many ended inside the data."""
+    top = [a for a in atts if a.rank == 1]
+    return {"strength_unit": top[0].strength_unit if top else None,
+            "mean_shift_sd": _mean([a.mean_shift_sd for a in top if np.isfinite(a.mean_shift_sd)]),
+            "ends_in_data": _mean([a.ends_in_data for a in top if np.isfinite(a.ends_in_data)])}
 
 
 # ------------------------------------------------------------------------------------ running
@@ -392,79 +463,18 @@ def run(root: Path, out: Path, device: str, methods: list[str] | None = None, co
                 print(f"  {cfg.name}/{m}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 if not shared.exists():
                     shutil.copytree(exp / "cache" / "inversions", shared)
-            row = {"configuration": cfg.name, "method": m, "differs": list(cfg.differs),
+            row = {"configuration": cfg.name, "modality": cfg.modality, "method": m, "differs": list(cfg.differs),
                    **score(exp, p["images"], p["factors"], cfg.differs)}
             row["diffusion_gate_passed"] = gate_passed(p["diffusion"])
             rows.append(row)
     return rows
 
 
-def _mark(ok: bool) -> str:
-    return " ✓" if ok else " ✗"
-
-
-def _match_cell(v: dict, c: dict) -> str:
-    if v["attribute"]:
-        return v["attribute"]
-    why = "; ".join(f"{k} {reason.split(' (')[0]}" for k, reason in v["rejected"].items())
-    return "none" + (f" ({why})" if why else "")
-
-
-# per-factor columns of the table: header -> cell of one factor's score v with its criteria c; the columns after
-# the first two only for a matched factor
-PASSED = "passed (nuclear size / cytoplasm)"
-FACTOR_COLUMNS = {
-    PASSED: lambda v, c: "✓" if v["passed"] else "✗",
-    "match": _match_cell,
-    f"rank ≤ {TOP_RANK}": lambda v, c: f"{v['rank']}{_mark(c['top3'])}",
-    f"r (right sign, abs ≥ {MIN_R})": lambda v, c: f"{v['r']:+.2f}{_mark(c['sign'] and c['r'])}",
-    f"abs r other factor ≤ {MAX_OTHER_R}": lambda v, c: f"{v['other_r']:.2f}{_mark(c['specific'])}",
-    f"AUC ≥ {MIN_AUC}, p adj < {MAX_P_ADJUSTED}": lambda v, c: f"{v['auc']:.2f}, p {v['p_adjusted']:.2g}{_mark(c['separation'])}",
-    "flip rate (baseline)": lambda v, c: f"{v['flip_rate']:.0%} ({v['baseline_at_target']:.0%})",
-    f"top-{TOP_RANK} flips ≥ {MIN_TOP_FLIPS:.0%}": lambda v, c: f"{v['top_flips']:.0%}{_mark(c['flips'])}",
-    f"nuisance drift < {MAX_DRIFT:.0%}": lambda v, c: f"{v['nuisance_drift']:.0%}{_mark(c['nuisance'])}",
-    f"renders outside data ≤ {MAX_OUTSIDE_SHARE:.0%}": lambda v, c: f"{v['outside_share']:.0%}{_mark(c['in_data'])}",
-}
-FACTOR_NAMES = {"nucleus_radius": "nuclear size", "actin_level": "cytoplasm"}
-
-
-def _factor_cell(row: dict, header: str) -> str:
-    """One column's cells of every factor, 'nuclear size / cytoplasm'; n/a for a factor that does not differ."""
-    cells = []
-    for f in MEASURE:
-        v = row["factors"].get(f)
-        if v is None:
-            cells.append("n/a")
-        elif v["attribute"] is None and header not in (PASSED, "match"):
-            cells.append("–")
-        else:
-            cells.append(FACTOR_COLUMNS[header](v, v["criteria"]))
-    return " / ".join(cells)
-
-
-def _fmt(v, pct=False) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "✓" if v else "✗"
-    if isinstance(v, float):
-        return f"{v:.0%}" if pct else f"{v:.2f}"
-    return str(v)
-
-
 def table(rows: list[dict]) -> str:
-    """Markdown table of the scored runs: one row per configuration x method; per-factor cells 'nuclear size / cytoplasm'."""
-    heads = ["configuration (differs in)", "method", *FACTOR_COLUMNS, "L1 (rank 1)", "SSIM (rank 1)",
-             "realism median abs z", "renders with abs z > 4", "diffusion gate"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for r in rows:
-        diff = ", ".join(FACTOR_NAMES[f] for f in r["differs"])
-        method = r["method"] + (" (baseline)" if r["method"] == "contrastive" else "")
-        cells = [f"{r['configuration']} ({diff})", method, *(_factor_cell(r, h) for h in FACTOR_COLUMNS),
-                 _fmt(r["l1"]), _fmt(r["ssim"]), _fmt(r["realism_median_abs_z"]), _fmt(r["realism_share_any_z_over_4"], True),
-                 _fmt(r.get("diffusion_gate_passed"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown table of the scored runs (benchmarks/validity_table.py)."""
+    from validity_table import table as make_table
+
+    return make_table(rows)
 
 
 def main(argv=None) -> int:

@@ -330,19 +330,23 @@ def index_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Experiment folder to write.")] = Path("diffex-demo"),
+    out: Annotated[Path | None, typer.Option("--out", help="Experiment folder to write (default diffex-demo, or diffex-demo-ct).")] = None,
+    modality: Annotated[str, typer.Option("--modality", help="microscopy (cells, sample_data/) or ct (lung nodules in HU, "
+                                                               "sample_data/ct/).")] = "microscopy",
     precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ):
-    """Explain the shipped sample classifier on the shipped held-out cells (about 2 min on 2 CPU cores)."""
+    """Explain a shipped sample classifier on its shipped held-out images (cells, or CT nodules with --modality ct; a few min on 2 CPU cores)."""
     show = _setup(quiet, verbose)
     from diffex.explain import ExplainConfig, explain, sample_data_dir
 
+    out = out or Path("diffex-demo" if modality == "microscopy" else f"diffex-demo-{modality}")
+
     def go():
-        root = sample_data_dir()
+        root = sample_data_dir(modality)
         return explain(root / "models" / "classifier", root / "heldout", out, root / "models" / "diffusion", ExplainConfig(precision=precision or "fp32"),
                        device=device, force=force, command=_command_line(), show_progress=show)
 

@@ -22,7 +22,7 @@ def test_speed_benchmark_counts_equal_work(tiny_classifier, tiny_diffusion, cell
     from diffex.explain import ExplainConfig
 
     speed = _load("speed")
-    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=4)
+    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=4, strength=1.0, strength_unit="h_norm")
     res = speed.run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=1, device="cpu", cfg=cfg)
     n, k, kk, steps = 6, len(res["candidates"]["names"]), 2, 3
     # diffex: inversion + reconstruction, gradients (forward + checkpoint recomputation per step, one dry pass for

@@ -205,3 +205,20 @@ def test_forked_render_equals_two_passes_for_v_and_x0_models(dm, prediction_type
     edit = spec(4, 300, asymmetric=True)
     forked, two = ddim_render(other, xt, edit, **kw), ddim_render(other, xt, edit, fork=False, **kw)
     torch.testing.assert_close(forked, two, atol=1e-3, rtol=1e-3)
+
+
+def test_render_edits_per_image_scales_equal_explicit_offsets(dm):
+    """scales[i, e] * offsets[e] per image: the same renders as each image rendered alone under its own offset."""
+    from diffex.models.sampler import render_edits
+
+    torch.manual_seed(2)
+    xt = torch.randn(3, 2, 16, 16)
+    dirs = torch.nn.functional.normalize(torch.randn(2, *h_shape(dm)).flatten(1), dim=1).view(2, *h_shape(dm))
+    scales = torch.tensor([[0.0, -3.0], [2.5, 1.0], [-1.5, 4.0]])  # (N, E)
+    batched = render_edits(dm, xt, dirs, spec(4, 300, asymmetric=True), batch_size=4, scales=scales)
+    for i in range(3):
+        for e in range(2):
+            one = ddim_render(dm, xt[i : i + 1], spec(4, 300, asymmetric=True), delta=scales[i, e] * dirs[e : e + 1])
+            torch.testing.assert_close(batched[i, e], one[0], atol=1e-3, rtol=1e-3)
+    plain = render_edits(dm, xt[:1], dirs[:1] * 0, spec(4, 300, asymmetric=True))
+    torch.testing.assert_close(batched[0, 0], plain[0, 0], atol=1e-3, rtol=1e-3)  # scale 0 is the reconstruction

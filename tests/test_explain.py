@@ -65,7 +65,7 @@ def test_gradient_matches_finite_differences(pair):
     torch.testing.assert_close(analytic, fd, atol=2e-3 + 0.05 * fd.abs().max().item(), rtol=0.05)
 
 
-@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive"])
+@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative"])
 def test_direction_methods_give_unit_vectors(pair, method):
     from diffex.explain.directions import DirectionContext, generate
     from diffex.models.hooks import h_shape
@@ -74,7 +74,7 @@ def test_direction_methods_give_unit_vectors(pair, method):
     torch.manual_seed(0)
     ctx = DirectionContext(pair, torch.rand(6, 2, 16, 16) * 2 - 1, torch.randn(6, 3, *hs), torch.randn(6, *hs),
                            np.array([0, 1, 0, 1, 0, 1]), ["control", "treated"], np.array([333, 666, 999]), 5.0,
-                           contrastive_iterations=2, probe_images=3)
+                           contrastive_iterations=2, probe_images=3, labels=np.array([0, 1, 0, 1, 0, 1]))
     c = generate(ctx, [method], k=2)
     assert c.vectors.shape[1:] == hs and 1 <= len(c) <= 2
     torch.testing.assert_close(c.vectors.flatten(1).norm(dim=1), torch.ones(len(c)))
@@ -295,3 +295,19 @@ def test_demo_on_sample_data(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert res["n_images"] == 200 and res["attributes"]
+
+
+@pytest.mark.slow
+def test_ct_demo_on_sample_data(tmp_path):
+    """`diffex demo --modality ct` on the shipped CT models: a report in HU and mm (a few minutes on 2 CPU cores)."""
+    r = CliRunner().invoke(app, ["demo", "--modality", "ct", "--out", str(tmp_path / "demo"), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert res["n_images"] == 200 and res["imaging"]["spacing_mm"] == 0.8
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "HU" in html and " mm" in html and "lesions" in html
+
+
+def test_demo_refuses_an_unknown_modality(tmp_path):
+    r = CliRunner().invoke(app, ["demo", "--modality", "pet", "--out", str(tmp_path / "demo"), "-q"])
+    assert r.exit_code != 0 and "no sample data for modality 'pet'" in r.output

@@ -43,7 +43,7 @@ def test_speed_benchmark_on_gpu_in_bf16(tiny_classifier, tiny_diffusion, cells):
 
     from diffex.explain import ExplainConfig
 
-    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=64, precision="bf16")
+    cfg = ExplainConfig(steps=3, t_end=999, screen_top=2, batch_size=64, precision="bf16", strength=1.0, strength_unit="h_norm")
     res = _load("speed").run(tiny_classifier[0], tiny_diffusion[0], cells, n=6, k=3, m=2, device="cuda", cfg=cfg)
     assert not res["device"].startswith("cpu") and res["precision"] == "bf16"
     assert res["reference"]["unet_image_evaluations"] > 0 and res["diffex"]["unet_image_evaluations"] > 0

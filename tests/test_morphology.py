@@ -47,3 +47,17 @@ def test_trend_and_description():
     text = describe({"DNA_AreaShape_Area": t, "Actin_AreaShape_Area": flat})
     assert text.startswith("DNA area +") and "Actin" not in text
     assert describe({"Actin_AreaShape_Area": flat}) == "no consistent morphological change measured"
+
+
+def test_consistency_on_constructed_traversals_with_known_answers():
+    from diffex.report.morphology import consistency
+
+    s = np.linspace(-1, 1, 5)
+    same = np.stack([100 + k * 10 * s for k in (0.8, 1.0, 1.2, 1.5)])  # every image grows by 16-30, median 22
+    assert consistency(same) == 1.0
+    mixed = np.stack([100 + 10 * s, 100 + 10 * s, 100 - 10 * s, 100 + 40 * s, 100 + 1 * s])  # +20, +20, -20, +80, +2
+    assert consistency(mixed) == 0.4  # median +20: two within [10, 40]; -20 wrong sign, +80 and +2 too far
+    assert consistency(mixed, within=4.0) == 0.6  # +80 is within 4x
+    with_nan = np.vstack([same, [np.nan] * 5])
+    assert consistency(with_nan) == 1.0  # an image without a measurement is left out
+    assert np.isnan(consistency(np.ones((3, 5))))  # nothing changes: undefined, not 100 %

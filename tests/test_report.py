@@ -141,7 +141,7 @@ def test_plots():
     assert nice_ticks(0, 7.3)[-1] <= 7.3 and nice_ticks(0, 7.3)[0] == 0
     svg = _svg("line_plot", line_plot([-1, 0, 1], [("DNA area", [-0.2, 0.0, 0.3]), ("broken", [float("nan")] * 3)], "strength", "change", 2))
     assert svg.count("<polyline") == 2 and "nan" not in svg.lower() and 'class="marker"' in svg
-    hist = _svg("histogram", histogram_plot({"a": [0.0, 0.1, 0.2], "b": [], "c": [5.0]}, "coordinate", span=1.0))
+    hist = _svg("histogram", histogram_plot({"a": [0.0, 0.1, 0.2], "b": [], "c": [5.0]}, "coordinate", edges=(-1.0, 1.0)))
     assert hist.count("<polygon") == 3 and "n = 0" in hist and "nan" not in hist.lower()
     hostile = _svg("histogram", histogram_plot({"<i>x</i>": [0.0, 1.0]}, "a<b"))
     assert "<i>" not in hostile and "&lt;i&gt;x&lt;/i&gt;" in hostile and "a&lt;b" in hostile
@@ -217,3 +217,25 @@ def test_shipped_report_is_current(sample_report):
     """sample_data/experiment/report.html is what `diffex report` makes of its folder today."""
     shipped = (SAMPLE_EXPERIMENT / "report.html").read_text()
     assert shipped == sample_report.read_text(), "re-render it: diffex report sample_data/experiment"
+
+
+def test_trust_warnings_name_each_failed_check():
+    from types import SimpleNamespace as NS
+
+    from diffex.report.trust import warnings
+
+    good = dict(separation_auc=0.85, separation_p_adjusted=0.001, target="treated", strength_unit="sd", ends_in_data=1.0,
+                consistency=0.9, consistency_measure="DNA_AreaShape_Area", coordinate={}, strength=3.0)
+    assert warnings(NS(**good), ["control", "treated"]) == []
+    w = warnings(NS(**{**good, "separation_auc": 0.75, "separation_p_adjusted": 0.02}), ["control", "treated"], "lesions")
+    assert w == ["The classifier reacts to this change, but real treated and control lesions differ only weakly along it "
+                 "(AUC 0.75, Holm-adjusted p 0.02; trusted from AUC 0.7 and p < 0.01)."]
+    w = warnings(NS(**{**good, "separation_auc": 0.55, "separation_p_adjusted": 0.3}), ["control", "treated"])
+    assert "do not differ along it (AUC 0.55" in w[0]
+    assert "end inside the range" in warnings(NS(**{**good, "ends_in_data": 0.5}), ["control", "treated"])[0]
+    assert "not consistent" in warnings(NS(**{**good, "consistency": 0.4}), ["control", "treated"])[0]
+    assert "not described" in warnings(NS(**{**good, "consistency": float("nan"), "consistency_measure": ""}), ["a", "b"])[0]
+    # before calibration (h_norm): full strength 1 x mean ‖h‖ against coordinates with SD 0.1 is 10 SD
+    old = {**good, "strength_unit": "h_norm", "strength": 1.0, "coordinate": {"control": [-0.1, 0.1], "treated": [-0.1, 0.1]}}
+    assert "beyond the real data" in warnings(NS(**old), ["control", "treated"])[0]
+    assert warnings(NS(**{**old, "coordinate": {"control": [-1.0, 1.0]}}), ["control", "treated"]) == []

@@ -67,6 +67,13 @@ def test_readouts_on_known_shapes():
     assert m["Lesion_SolidShare"] == pytest.approx(solid.sum() / lesion.sum(), abs=0.02)
     assert m["Lesion_MarginIrregularity"] == pytest.approx(0.2 / math.sqrt(2), abs=0.03)
     assert margin_irregularity(r <= 15, (0.5, 0.5)) < 0.02  # a digital disk
+    # position and surrounding lung: a disk 6 px right of and 4 px above the centre of a 41 px patch at 0.5 mm
+    yy, xx = np.mgrid[:41, :41]
+    off = np.full((41, 41), -870.0)
+    off[np.hypot(yy - 16, xx - 26) <= 5] = -100.0
+    m = measure_lesion(off, (0.5, 0.5), search_mm=8.0)
+    assert m["Lesion_CenterX_mm"] == pytest.approx(3.0, abs=1e-9) and m["Lesion_CenterY_mm"] == pytest.approx(-2.0, abs=1e-9)
+    assert m["Lesion_ParenchymaHU"] == pytest.approx(-870.0)
     empty = measure_lesion(np.full((16, 16), -850.0), (1.0, 1.0))
     assert empty["Lesion_Found"] == 0.0 and math.isnan(empty["Lesion_Diameter_mm"])
     assert describe_change({"Lesion_Diameter_mm": 8.0, "Lesion_MeanHU": -300.0, "Lesion_SolidShare": 0.5},

@@ -46,6 +46,7 @@ COLUMNS = (DNA, ACTIN, SIZE, X, Y, ELONG)
 CHANNELS = ["DNA", "Actin"]
 STRENGTHS = [-1.0, 0.0, 1.0]
 BOTH = ("nucleus_radius", "actin_level")
+PASSED = "passed (nuclear size / cytoplasm; CT: diameter / solid share)"
 
 # the real images: 10 per condition; treated has larger nuclei and brighter cytoplasm
 PATHS = [f"control/c{i}.tif" for i in range(10)] + [f"treated/t{i}.tif" for i in range(10)]
@@ -265,7 +266,7 @@ def test_table_marks_each_criterion(tmp_path):
                           "diffusion_gate_passed": False}])
     head, _, line = md.split("\n")
     cells = dict(zip([h.strip() for h in head.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
-    assert cells["method"] == "contrastive (baseline)" and cells["passed (nuclear size / cytoplasm)"] == "✗ / ✗" and cells["match"] == "a1 / none (a2 wrong sign)"
+    assert cells["method"] == "contrastive (baseline)" and cells[PASSED] == "✗ / ✗" and cells["match"] == "a1 / none (a2 wrong sign)"
     assert cells["rank ≤ 3"] == "1 ✓ / –" and cells["r (right sign, abs ≥ 0.8)"] == "+0.90 ✓ / –"
     assert cells["nuisance drift < 10%"] == "50% ✗ / –" and cells["AUC ≥ 0.7, p adj < 0.01"] == "0.90, p 0.001 ✓ / –"
     assert cells["flip rate (baseline)"] == "85% (10%) / –" and cells["diffusion gate"] == "✗"
@@ -319,3 +320,28 @@ def test_the_targets_top_three_must_flip_eighty_percent_cumulatively(tmp_path):
     assert all(v for k, v in dna["criteria"].items() if k != "flips")
     high = score(tmp_path / "high", [attribute("a1", r_dna=0.9, flip=0.5), attribute("a2", rank=2, r_actin=0.85, flip=0.8)])
     assert high["factors"]["nucleus_radius"]["criteria"]["flips"] and high["factors"]["nucleus_radius"]["passed"]
+
+
+def test_ct_readouts_score_diameter_and_solid_share_with_drift_relative_to_the_patch():
+    """CT trends are absolute (mm, HU, shares): nuisance drift is divided by the patch width (positions) or the real median."""
+    from diffex.report.results import ImagingSummary
+
+    diam, solid, cx = validity.MEASURE_CT["diameter_mm"], validity.MEASURE_CT["solid_fraction"], validity.NUISANCE_CT["nodule x"]
+    real = {diam: np.linspace(6, 12, 20), solid: np.linspace(0.2, 0.8, 20), cx: np.linspace(-4, 4, 20),
+            validity.NUISANCE_CT["parenchyma density"]: np.full(20, -850.0), validity.NUISANCE_CT["margin irregularity"]: np.full(20, 0.05)}
+    res = results([])
+    res.diffusion_model.image_size = 32
+    res.imaging = ImagingSummary(modality="ct", spacing_mm=0.8, windows=[{"name": "lung", "low": -1350.0, "high": 150.0}], input="")
+    ro = validity.readouts_of(res, real)
+    assert ro.measure == validity.MEASURE_CT and ro.drift_scale[cx] == pytest.approx(25.6)
+    assert ro.drift_scale[validity.NUISANCE_CT["parenchyma density"]] == 850.0
+    att = attribute("a1")
+    att.morphology = {diam: Trend(0.9, 2.0, -2.0), solid: Trend(0.1, 0.01, 0.0), cx: Trend(0.2, 1.28, -0.5),
+                      validity.NUISANCE_CT["parenchyma density"]: Trend(0.0, 17.0, 0.0)}
+    drift, worst = validity.nuisance_drift(att, ro.nuisance, ro.drift_scale)
+    assert (drift, worst) == (pytest.approx(0.05), "nodule x")  # 1.28 mm of 25.6 mm; parenchyma 17 of 850 HU = 2 %
+    md = validity.table([{"configuration": "ct", "modality": "ct", "method": "gradient", "differs": ["diameter_mm"],
+                          "factors": {"diameter_mm": {"attribute": None, "rejected": {}, "passed": False,
+                                                      "criteria": dict.fromkeys(validity.CRITERIA, False)}},
+                          "l1": None, "ssim": None, "realism_median_abs_z": None, "realism_share_any_z_over_4": None}])
+    assert "| ct (nodule diameter) | gradient | ✗ / n/a | none / n/a |" in md

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from diffex.config import from_dict
 from diffex.errors import DiffexError
+from diffex.explain.calibrate import STRENGTH_UNITS
 from diffex.explain.directions import get_method
 from diffex.models.diffusion import check_precision
 from diffex.models.sampler import DEFAULT_T_END, MODES, SamplerSpec
@@ -24,7 +25,11 @@ BOOTSTRAP_UNITS = ("auto", "image", "replicate", "batch", "plate", "well")
 class ExplainConfig:
     """Settings of ``diffex explain`` (YAML keys; unknown keys are errors).
 
-    ``strength`` (the traversal's full strength) is relative to the mean ‖h‖ of the data. ``t_end`` is where inversion stops
+    ``strength`` is the traversal's full strength in ``strength_unit``: ``sd`` (default), standard
+    deviations of the real images' coordinates along each direction, each image stopped at the edge
+    of the real data (the narrower of the 1st-99th percentile range and ±3 SD; see
+    :mod:`diffex.explain.calibrate`); or ``h_norm``, × the mean ‖h‖ of the data for every
+    direction and image, unclipped (diffex's behaviour until 2026-11-28, kept for comparison). ``t_end`` is where inversion stops
     (partial inversion: the shipped 32 px model round-trips at 29 dB with 20 steps to t = 699 and
     at 19 dB to t = 999). Edits act on every step with t >= ``t_edit``. ``precision``: ``fp32``
     (default) or ``bf16`` (diffusion-model evaluations under bfloat16 autocast: faster on GPUs and
@@ -51,7 +56,8 @@ class ExplainConfig:
     directions_per_method: int = 4
     merge_cos: float = 0.9
     screen_top: int = 4
-    strength: float = 1.0
+    strength: float = 3.0
+    strength_unit: str = "sd"
     max_images: int = 256
     gradient_images: int = 48
     rank_images: int = 48
@@ -89,6 +95,9 @@ class ExplainConfig:
                 raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.strength > 0:
             raise DiffexError(f"strength must be > 0, got {self.strength}")
+        if self.strength_unit not in STRENGTH_UNITS:
+            raise DiffexError(f"strength_unit must be one of {STRENGTH_UNITS} (standard deviations of the real images along each "
+                              f"direction, or the mean ‖h‖), got {self.strength_unit!r}")
         if not 0 < self.evaluation_fraction < 1:
             raise DiffexError(f"evaluation_fraction must be between 0 and 1, got {self.evaluation_fraction}")
         if self.bootstrap_unit not in BOOTSTRAP_UNITS:

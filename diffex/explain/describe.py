@@ -1,6 +1,8 @@
 """Stage 8, traversals and describe: render each attribute along its strengths, measure the renders.
 
-Per attribute, evaluation images are rendered at ``traversal_frames`` strengths from −s to +s:
+Per attribute, evaluation images are rendered at ``traversal_frames`` fractions of full strength
+from −1 to +1 (each image's own calibrated full-strength shift in either direction, see
+:mod:`diffex.explain.calibrate`):
 a seeded random sample of ``measure_images`` per condition (the *measured* images: the morphology
 trends and the description come from these alone), and, per condition moved towards the target,
 its most affected evaluation image (largest change of p(target)), shown for illustration and
@@ -25,10 +27,12 @@ from diffex.explain.cache import StageKey, digest, load_tensors, save_tensors
 from diffex.explain.directions import Candidates
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
-from diffex.explain.select import EvaluationTable, coordinates
+from diffex.explain.calibrate import frame_scales
+from diffex.explain.search import Calibrated
+from diffex.explain.select import EvaluationTable
 from diffex.models import sampler
-from diffex.report.ct_morphology import describe_ct, hu_channel, measure_many_ct
-from diffex.report.morphology import describe, measure_many, trend
+from diffex.report.ct_morphology import DESCRIBED, describe_ct, hu_channel, measure_many_ct
+from diffex.report.morphology import consistency, describe, measure_many, salient, trend
 from diffex.report.results import Attribute, ShownExample, Traversal, Trend
 from diffex.report.traversal import animated_gif, grid_png, safe_name, write_hyperstack
 
@@ -99,17 +103,25 @@ def file_stem(exp: Experiment, image: int) -> str:
     return f"{safe_name(rel[: len(rel) - len(suffix)])}-{digest(rel)[:6]}"
 
 
+def traversal_scales(cal: Calibrated, att: Attribute, images: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Signed offsets (n, F) along the attribute's direction sign·d (h units) of each image at each fraction of full strength."""
+    up = cal.calibration.amounts(cal.coords[images, att.candidate], att.candidate, att.sign)  # (n,) towards the target
+    down = cal.calibration.amounts(cal.coords[images, att.candidate], att.candidate, -att.sign)  # (n,) away from it
+    return frame_scales(up, down, fractions)
+
+
 def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, att: Attribute,
-                     images: np.ndarray, strengths: np.ndarray) -> torch.Tensor:
-    """Frames (n, F, C, H, W) in model space of ``images`` along the attribute, cached by content."""
+                     images: np.ndarray, scales: np.ndarray) -> torch.Tensor:
+    """Frames (n, F, C, H, W) in model space of ``images`` along the attribute (offsets ``scales`` (n, F) × sign·d), cached by content."""
     cfg, keys = exp.cfg, exp.inversion_keys
-    tag = digest(cands_key.digest, att.candidate, att.sign, *(keys[i] for i in images), *strengths.tolist(), repr(inv.h_scale),
+    tag = digest(cands_key.digest, att.candidate, att.sign, *(keys[i] for i in images), *np.round(scales, 6).ravel().tolist(),
                  cfg.sampler, cfg.batch_size, cfg.precision)
     path = exp.cache / "traversals" / f"{att.id}-{tag}.safetensors"
     if not path.exists():
-        offsets = sampler.edit_offsets(att.sign * cands.vectors[att.candidate : att.candidate + 1], torch.as_tensor(strengths), inv.h_scale)[0]
+        direction = att.sign * cands.vectors[att.candidate : att.candidate + 1]  # (1, *h)
         with exp.counted("traversals"):
-            frames = sampler.render_edits(exp.pair.dm, inv.xt[images], offsets, cfg.sampler, batch_size=cfg.batch_size)  # (n, F, C, H, W)
+            frames = sampler.render_edits(exp.pair.dm, inv.xt[images], direction.expand(scales.shape[1], *direction.shape[1:]),
+                                          cfg.sampler, batch_size=cfg.batch_size, scales=torch.as_tensor(scales))  # (n, F, C, H, W)
         save_tensors(path, {"frames": frames})
     return load_tensors(path)[0]["frames"]
 
@@ -132,9 +144,20 @@ def describe_trends(exp: Experiment, trends: dict[str, Trend]) -> str:
     return describe(d) if lesion_channel(exp) is None else describe_ct(d)
 
 
+def main_change(exp: Experiment, trends: dict[str, Trend]) -> str | None:
+    """The attribute's main morphology change: the first one its description names (None: no consistent change)."""
+    d = {m: vars(tr) for m, tr in trends.items()}
+    if lesion_channel(exp) is None:
+        top = salient(d, top=1)
+        return top[0] if top else None
+    moving = [k for k in DESCRIBED if k in d and abs(d[k]["spearman_r"]) >= 0.5 and np.isfinite(d[k]["change_at_max"])]
+    return moving[0] if moving else None
+
+
 def _measure(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, roles: list[str],
-             strengths: np.ndarray, p_target: np.ndarray) -> tuple[dict[str, Trend], list[dict]]:
-    """Trends of every measurement along the measured (random) images' traversals, and one morphology.csv row per render."""
+             strengths: np.ndarray, p_target: np.ndarray, shift_sd: np.ndarray) -> tuple[dict[str, Trend], list[dict], tuple[str, float]]:
+    """Trends of every measurement along the measured (random) images' traversals, one morphology.csv row per render, and the
+    main change's column with its consistency over the measured images (:func:`diffex.report.morphology.consistency`)."""
     size = exp.pair.dm.info.image_size
     meas = {m: v.reshape(raw.shape[:2]) for m, v in measurements(exp, raw.reshape(-1, *raw.shape[2:])).items()}
     meas_ref = measurements(exp, ref)
@@ -143,13 +166,16 @@ def _measure(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, 
     # microscopy: change relative to strength 0 (positions: to the image size); CT: absolute change in mm, HU, shares
     scale = {m: 1 if lesion_channel(exp) is not None else size if "Center" in m else 0 for m in meas}
     trends = {m: Trend(**trend(svals, v[rand], meas_ref[m][rand], scale[m])) for m, v in meas.items()}
+    main = main_change(exp, trends)
+    agree = consistency(meas[main][rand]) if main else float("nan")
     rows = []
     for i, im in enumerate(images):
         for f, s in enumerate(strengths):
             rows.append({"attribute": att.id, "ImageName": exp.image_name(im),
                          "Condition": exp.records[im].condition, "Role": roles[i], "Strength": float(s),
+                         "Shift_SD": round(float(shift_sd[i, f]), 4),
                          f"P_{att.target}": float(p_target[i, f]), **{m: float(v[i, f]) for m, v in meas.items()}})
-    return trends, rows
+    return trends, rows, (main or "", agree)
 
 
 def _write_files(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarray, images: np.ndarray, roles: list[str],
@@ -169,40 +195,42 @@ def _write_files(exp: Experiment, att: Attribute, raw: np.ndarray, ref: np.ndarr
     return examples
 
 
-def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, ev: EvaluationTable,
-                       att: Attribute) -> tuple[Attribute, list[dict]]:
+def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, cal: Calibrated,
+                       ev: EvaluationTable, att: Attribute) -> tuple[Attribute, list[dict]]:
     """One attribute's traversal, files, measurements, description and coordinates."""
     cfg = exp.cfg
-    strengths = np.linspace(-cfg.strength, cfg.strength, cfg.traversal_frames)
+    strengths = np.linspace(-1.0, 1.0, cfg.traversal_frames)  # fractions of each image's full strength
     images, roles, shown = traversal_images(exp, inv, ev, att)
-    frames = render_traversal(exp, inv, cands_key, cands, att, images, strengths)
+    scales = traversal_scales(cal, att, images, strengths)  # (n, F) h units along sign·d
+    shift_sd = scales / cal.calibration.sd[att.candidate]  # (n, F)
+    frames = render_traversal(exp, inv, cands_key, cands, att, images, scales)
     raw = exp.pair.raw(frames.flatten(0, 1)).numpy().reshape(*frames.shape)  # (n, F, C, H, W)
     ref = exp.pair.raw(inv.xrec[images]).numpy()
     t = exp.class_names.index(att.target)
     p_target = exp.pair.probs(frames.flatten(0, 1).to(exp.device)).numpy().reshape(*raw.shape[:2], -1)[..., t]
-    trends, rows = _measure(exp, att, raw, ref, images, roles, strengths, p_target)
+    trends, rows, (main, agree) = _measure(exp, att, raw, ref, images, roles, strengths, p_target, shift_sd)
     examples = _write_files(exp, att, raw, ref, images, roles, shown, strengths)
-    # the attribute coordinate of every evaluation image, in units of mean ‖h‖ (a traversal of strength s moves it by s)
-    coord = att.sign * coordinates(inv.h, cands.vectors)[:, att.candidate] / inv.h_scale
+    # the attribute coordinate of every evaluation image, in SD of the real images along it (shift_sd moves it)
+    coord = att.sign * cal.coords[:, att.candidate] / cal.calibration.sd[att.candidate]
     ev_idx = inv.evaluation
     traversal = Traversal(strengths=strengths.tolist(), images=[exp.image_name(i) for i in images],
                           conditions=[exp.records[i].condition for i in images], measured=[r == RANDOM for r in roles],
-                          p_target=p_target.tolist(), shown=examples)
+                          p_target=p_target.tolist(), shown=examples, shift_sd=np.round(shift_sd, 4).tolist())
     return replace(
-        att, description=describe_trends(exp, trends), morphology=trends, traversal=traversal,
+        att, description=describe_trends(exp, trends), morphology=trends, traversal=traversal, consistency=agree, consistency_measure=main,
         coordinate={c: [round(float(v), 5) for v in coord[ev_idx][exp.labels[ev_idx] == exp.class_names.index(c)]] for c in exp.conditions},
         files=sorted([e.file for e in examples] + [f"{att.id}.gif", f"{att.id}.png"])), rows
 
 
-def describe_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, ev: EvaluationTable,
-                   attributes: list[Attribute], progress) -> tuple[list[Attribute], list[dict]]:
+def describe_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, cal: Calibrated,
+                   ev: EvaluationTable, attributes: list[Attribute], progress) -> tuple[list[Attribute], list[dict]]:
     """Every attribute described (see :func:`describe_attribute`); also the rows of morphology.csv."""
     (exp.out / "traversals").mkdir(exist_ok=True)
     (exp.cache / "traversals").mkdir(exist_ok=True)
     task = progress.add_task("traversals", total=len(attributes))
     described, rows = [], []
     for att in attributes:
-        a, r = describe_attribute(exp, inv, cands_key, cands, ev, att)
+        a, r = describe_attribute(exp, inv, cands_key, cands, cal, ev, att)
         described.append(a)
         rows += r
         progress.advance(task)

@@ -100,9 +100,18 @@ class Experiment:
         self.evaluations[stage] = self.evaluations.get(stage, 0) + counter.predictions
 
 
-def sample_data_dir() -> Path:
-    """The repository's ``sample_data/`` folder (diffex installed from a checkout, as README says)."""
-    root = Path(__file__).resolve().parents[2] / "sample_data"
+SAMPLES = {"microscopy": "", "ct": "ct"}  # modality -> sample folder under sample_data/
+
+
+def sample_data_dir(modality: str = "microscopy") -> Path:
+    """The repository's sample folder of a modality: ``sample_data/`` (cells) or ``sample_data/ct/`` (lung nodules).
+
+    Each holds ``models/classifier``, ``models/diffusion`` and the independent ``heldout`` images
+    (diffex installed from a checkout, as README says).
+    """
+    if modality not in SAMPLES:
+        raise DiffexError(f"no sample data for modality {modality!r}; there is one for {', '.join(SAMPLES)}")
+    root = Path(__file__).resolve().parents[2] / "sample_data" / SAMPLES[modality]
     if not (root / "models" / "classifier").is_dir():
         raise DiffexError(f"{root}: the sample data is not here; `diffex demo` needs diffex installed from a repository checkout")
     return root

@@ -30,6 +30,7 @@ from diffex.explain.describe import describe_stage
 from diffex.explain.inputs import default_out, open_experiment
 from diffex.explain.invert import invert_stage
 from diffex.explain.search import (
+    calibration_stage,
     candidates_stage,
     effect_table_stage,
     gradients_stage,
@@ -86,11 +87,12 @@ def explain(classifier: str | Path, images: str | Path, out: str | Path | None =
             grads = gradients_stage(exp, inv, progress)
             cands_key, cands = candidates_stage(exp, inv, grads, progress)
             shortlist = screen_stage(exp, inv, grads, cands_key, cands)
-            table = effect_table_stage(exp, inv, cands, shortlist, progress)
+            cal = calibration_stage(exp, inv, cands)
+            table = effect_table_stage(exp, inv, cands, shortlist, cal, progress)
             picks = select_stage(exp, inv, shortlist, table)
-            ev = evaluation_stage(exp, inv, cands_key, cands, picks, progress)
-            attributes = statistics_stage(exp, inv, cands, shortlist, picks, ev)
-            attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, ev, attributes, progress)
+            ev = evaluation_stage(exp, inv, cands_key, cands, cal, picks, progress)
+            attributes = statistics_stage(exp, inv, cands, shortlist, cal, picks, ev)
+            attributes, morphology_rows = describe_stage(exp, inv, cands_key, cands, cal, ev, attributes, progress)
         results = build_results(exp, inv, grads, cands, shortlist, table, attributes, t_start)
         write_stage(exp, inv, results, morphology_rows)
     log.info("explain finished in %.0f s: %s", time.time() - t_start, exp.out)

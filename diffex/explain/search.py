@@ -22,6 +22,7 @@ import torch
 from diffex.config import to_dict
 from diffex.data.dataset import stratified_indices
 from diffex.explain.cache import StageKey, cached, digest
+from diffex.explain.calibrate import Calibration, calibrate, coordinates, edit_steps
 from diffex.explain.directions import Candidates, DirectionContext, generate
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
@@ -41,6 +42,21 @@ class Shortlist:
     key: StageKey
     order: np.ndarray  # (K',) candidate indices to render, best first
     scores: np.ndarray  # (K,) every candidate's first-order score
+
+
+@dataclass
+class Calibrated:
+    """Every candidate's calibration and every image's coordinate along it."""
+
+    calibration: Calibration
+    coords: np.ndarray  # (N, K) coordinates of all images (h units, centred), over the edit steps
+
+    def scales(self, images: np.ndarray, k: int, sign: int) -> np.ndarray:
+        """Signed full-strength offsets (h units) of ``images`` along d_k: sign × how far each moves."""
+        return sign * self.calibration.amounts(self.coords[images, k], k, sign)  # (n,)
+
+    def digest(self) -> str:
+        return digest(*self.calibration.digest_parts())
 
 
 @dataclass
@@ -89,7 +105,8 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     def compute():
         task = progress.add_task("candidate directions", total=1)
         ctx = DirectionContext(exp.pair, inv.xrec[inv.selection], inv.h[inv.selection], grads.grads, inv.targets[grads.images],
-                               exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations)
+                               exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations,
+                               labels=exp.labels[inv.selection])
         with exp.counted("directions"):
             cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
         progress.advance(task)
@@ -97,6 +114,14 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
 
     tensors, meta = cached(exp.cache, key, compute)
     return key, Candidates(tensors["vectors"], meta["names"], meta["merged"])
+
+
+def calibration_stage(exp: Experiment, inv: Inversions, cands: Candidates) -> Calibrated:
+    """Each candidate's spread and edges on the selection images' coordinates over the edit steps (see :mod:`.calibrate`)."""
+    cfg = exp.cfg
+    steps = edit_steps(cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps), cfg.t_edit)
+    coords = coordinates(inv.h, cands.vectors, steps)  # (N, K)
+    return Calibrated(calibrate(coords[inv.selection], inv.h_scale, cfg.strength, cfg.strength_unit), coords)
 
 
 def screen_stage(exp: Experiment, inv: Inversions, grads: Gradients, cands_key: StageKey, cands: Candidates) -> Shortlist:
@@ -119,24 +144,25 @@ def screen_stage(exp: Experiment, inv: Inversions, grads: Gradients, cands_key: 
     return Shortlist(key, tensors["order"].numpy(), tensors["scores"].numpy())
 
 
-def effect_table_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, progress) -> EffectTable:
-    """Render ``rank_images`` images x shortlisted candidates x both signs once; classify the renders."""
+def effect_table_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, cal: Calibrated,
+                       progress) -> EffectTable:
+    """Render ``rank_images`` images x shortlisted candidates x both signs once at full (calibrated) strength; classify the renders."""
     cfg = exp.cfg
     idx = stratified_indices(exp.labels, cfg.rank_images, cfg.seed + 2, inv.selection)
     if len(idx) < len(inv.selection):
         exp.note_subsample(f"attributes selected on {len(idx)} of the {len(inv.selection)} selection images (rank_images, "
                            f"drawn at random in proportion to each condition, seed {cfg.seed + 2})")
     key = StageKey("effects", {"images": _images_digest(exp, idx), "screen": shortlist.key.digest, "classifier": exp.classifier_digest,
-                               "strength": repr(cfg.strength), "h_scale": repr(inv.h_scale), "sampler": digest(cfg.sampler),
+                               "calibration": cal.digest(), "sampler": digest(cfg.sampler),
                                "batch_size": str(cfg.batch_size), "precision": cfg.precision})
 
     def compute():
-        offsets = sampler.edit_offsets(cands.vectors[shortlist.order], torch.tensor([-cfg.strength, cfg.strength]), inv.h_scale)
-        offsets = offsets.flatten(0, 1)  # (K'*2, *h): candidate-major, sign minor
+        offsets = cands.vectors[shortlist.order].repeat_interleave(2, 0)  # (K'*2, *h): candidate-major, sign minor
+        scales = np.stack([cal.scales(idx, int(k), s) for k in shortlist.order for s in (-1, 1)], 1)  # (n, K'*2) signed
         task = progress.add_task("rendering edits", total=len(idx) * len(offsets))
         with exp.counted("effect_table"):
             x_edit = sampler.render_edits(exp.pair.dm, inv.xt[idx], offsets, cfg.sampler, batch_size=cfg.batch_size,
-                                          on_chunk=lambda k: progress.advance(task, k))
+                                          on_chunk=lambda k: progress.advance(task, k), scales=torch.as_tensor(scales))
         pe = exp.pair.probs(x_edit.flatten(0, 1).to(exp.device)).reshape(len(idx), len(shortlist.order), 2, -1)
         return {"probs_edit": pe}, {"images": idx.tolist()}
 

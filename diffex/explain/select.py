@@ -27,7 +27,7 @@ from diffex.explain.effects import effect_table
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
 from diffex.explain.rank import attfind, attribute_statistics, holm, separation
-from diffex.explain.search import EffectTable, Shortlist
+from diffex.explain.search import Calibrated, EffectTable, Shortlist
 from diffex.models import sampler
 from diffex.report.results import Attribute
 from diffex.report.traversal import safe_name
@@ -52,15 +52,6 @@ class EvaluationTable:
     probs: dict[int, np.ndarray]  # per target: (n_t, picks of t, classes) classifier on the renders
 
 
-def coordinates(h: torch.Tensor, vectors: torch.Tensor) -> np.ndarray:
-    """Each image's coordinate along each direction: centred, time-averaged h projected, (N, K).
-
-    h is (N, S, *h_shape), vectors (K, *h_shape).
-    """
-    hbar = h.mean(1).flatten(1)  # (N, D)
-    return ((hbar - hbar.mean(0)) @ vectors.flatten(1).T).numpy()
-
-
 def _groups(exp: Experiment, idx: np.ndarray) -> np.ndarray | None:
     return None if exp.groups is None else exp.groups[idx]
 
@@ -81,16 +72,16 @@ def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: 
     return picks
 
 
-def evaluation_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, picks: list[Pick],
+def evaluation_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, cal: Calibrated, picks: list[Pick],
                      progress) -> EvaluationTable:
-    """Render every pick on the evaluation images of the other conditions; classify the renders."""
+    """Render every pick at full (calibrated) strength on the evaluation images of the other conditions; classify the renders."""
     cfg = exp.cfg
     targets = sorted({p.target for p in picks})
     images = {t: inv.evaluation[exp.labels[inv.evaluation] != t] for t in targets}
     keys = exp.inversion_keys
     key = StageKey("evaluation", {"directions": cands_key.digest, "picks": digest(*[(p.target, p.candidate, p.sign) for p in picks]),
                                   "images": digest(*(keys[i] for i in inv.evaluation)), "classifier": exp.classifier_digest,
-                                  "strength": repr(cfg.strength), "h_scale": repr(inv.h_scale), "sampler": digest(cfg.sampler),
+                                  "calibration": cal.digest(), "sampler": digest(cfg.sampler),
                                   "batch_size": str(cfg.batch_size), "precision": cfg.precision})
 
     def compute():
@@ -98,11 +89,11 @@ def evaluation_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
         out = {}
         for t in targets:
             mine = [p for p in picks if p.target == t]
-            dirs = torch.stack([p.sign * cands.vectors[p.candidate] for p in mine])  # (P, *h)
-            offsets = sampler.edit_offsets(dirs, torch.tensor([cfg.strength]), inv.h_scale)[:, 0]  # (P, *h)
+            dirs = torch.stack([cands.vectors[p.candidate] for p in mine])  # (P, *h)
+            scales = np.stack([cal.scales(images[t], p.candidate, p.sign) for p in mine], 1)  # (n_t, P) signed, h units
             with exp.counted("evaluation"):
-                x = sampler.render_edits(exp.pair.dm, inv.xt[images[t]], offsets, cfg.sampler, batch_size=cfg.batch_size,
-                                         on_chunk=lambda k: progress.advance(task, k))  # (n_t, P, C, H, W)
+                x = sampler.render_edits(exp.pair.dm, inv.xt[images[t]], dirs, cfg.sampler, batch_size=cfg.batch_size,
+                                         on_chunk=lambda k: progress.advance(task, k), scales=torch.as_tensor(scales))  # (n_t, P, C, H, W)
             out[f"probs_{t}"] = exp.pair.probs(x.flatten(0, 1).to(exp.device)).reshape(len(images[t]), len(mine), -1)
         return out, {}
 
@@ -110,21 +101,34 @@ def evaluation_stage(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
     return EvaluationTable(key, images, {t: tensors[f"probs_{t}"].numpy() for t in targets})
 
 
-def _attribute(exp: Experiment, cands: Candidates, shortlist: Shortlist, pick: Pick, stats: dict, sep: dict, n_sep: dict) -> Attribute:
+def _strength(cal: Calibrated, pick: Pick, moved: np.ndarray) -> dict:
+    """The attribute's calibration: the real data's spread and edges along it, how far the moved images went, how many ended inside."""
+    c, k = cal.calibration, pick.candidate
+    lo, hi = c.edges_sd(k, pick.sign)
+    start = pick.sign * cal.coords[moved, k] / c.sd[k]  # (n,) SD units along the attribute
+    end = start + c.amounts(cal.coords[moved, k], k, pick.sign) / c.sd[k]
+    inside = (end >= lo - 1e-9) & (end <= hi + 1e-9)
+    return {"strength_unit": c.unit, "sd_h": float(c.sd[k]), "sd_per_h_scale": float(c.sd[k] / c.h_scale),
+            "data_edges_sd": [round(lo, 4), round(hi, 4)], "mean_shift_sd": float(np.mean(end - start)) if len(end) else float("nan"),
+            "ends_in_data": float(inside.mean()) if len(end) else float("nan")}
+
+
+def _attribute(exp: Experiment, cands: Candidates, shortlist: Shortlist, pick: Pick, stats: dict, sep: dict, n_sep: dict,
+               calib: dict) -> Attribute:
     name = cands.names[pick.candidate]
     return Attribute(
         id=f"to-{safe_name(exp.class_names[pick.target])}-{pick.rank}", target=exp.class_names[pick.target], rank=pick.rank,
-        name=name, candidate=pick.candidate, sign=pick.sign, strength=exp.cfg.strength, merged=cands.merged.get(name, []),
+        name=name, candidate=pick.candidate, sign=pick.sign, strength=exp.cfg.strength, **calib, merged=cands.merged.get(name, []),
         screening_score=float(shortlist.scores[pick.candidate]), selection_mean_delta_p=pick.selection_mean_delta_p,
         selection_lower_bound=pick.selection_lower_bound, **stats, separation_auc=sep["auc"], separation_cohens_d=sep["cohens_d"],
         separation_p_value=sep["p_value"], separation_p_adjusted=float("nan"), separation_n=n_sep)
 
 
-def statistics_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, picks: list[Pick],
+def statistics_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, cal: Calibrated, picks: list[Pick],
                      ev: EvaluationTable) -> list[Attribute]:
     """Every pick's statistics on the evaluation images; separation p-values Holm-adjusted over all of them."""
     cfg = exp.cfg
-    coords = coordinates(inv.h, cands.vectors)[inv.evaluation]  # (n_eval, K)
+    coords = cal.coords[inv.evaluation]  # (n_eval, K)
     labels = exp.labels[inv.evaluation]
     n_sep = {c: int((labels == exp.class_names.index(c)).sum()) for c in exp.conditions}
     attributes = []
@@ -137,7 +141,7 @@ def statistics_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortl
                                      groups=_groups(exp, imgs))
         for p, st in zip(mine, stats):
             sep = separation(p.sign * coords[:, p.candidate], labels == t)
-            attributes.append(_attribute(exp, cands, shortlist, p, st, sep, n_sep))
+            attributes.append(_attribute(exp, cands, shortlist, p, st, sep, n_sep, _strength(cal, p, imgs)))
     order = {c: i for i, c in enumerate(exp.conditions)}
     attributes.sort(key=lambda a: (order[a.target], a.rank))
     for a, adj in zip(attributes, holm([a.separation_p_value for a in attributes])):

@@ -39,7 +39,7 @@ from diffex.report.results import (
 )
 from diffex.runtime import describe_device, software_versions
 
-ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "n_images", "n_eligible", "baseline_at_target", "mean_delta_p",
+ATTRIBUTE_COLUMNS = ("target", "rank", "name", "sign", "strength", "strength_unit", "sd_per_h_scale", "mean_shift_sd", "ends_in_data", "consistency", "consistency_measure", "n_images", "n_eligible", "baseline_at_target", "mean_delta_p",
                      "delta_p_ci95_low", "delta_p_ci95_high", "flip_rate", "coverage", "cumulative_flip_rate", "separation_auc",
                      "separation_cohens_d", "separation_p_value", "separation_p_adjusted", "separation_n", "selection_mean_delta_p",
                      "selection_lower_bound", "screening_score", "description")

@@ -274,11 +274,13 @@ def edit_offsets(directions: torch.Tensor, strengths: torch.Tensor, scale: float
 
 @torch.no_grad()
 def render_edits(
-    dm, xt: torch.Tensor, offsets: torch.Tensor, spec: SamplerSpec, *, batch_size: int = 32, on_chunk=None
+    dm, xt: torch.Tensor, offsets: torch.Tensor, spec: SamplerSpec, *, batch_size: int = 32, on_chunk=None,
+    scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Render every image under every offset: (N, C, H, W) x (E, *h) -> (N, E, C, H, W).
 
-    The N x E pairs are expanded from the cached x_T without copying the inputs per edit and
+    With ``scales`` (N, E), image i is rendered under ``scales[i, e] * offsets[e]``: per-image
+    strengths along shared directions (diffex's calibrated edits). The N x E pairs are expanded from the cached x_T without copying the inputs per edit and
     rendered in chunks of ``batch_size`` (each chunk one batched DDIM run), so memory is bounded
     by the chunk, not by N x E. ``on_chunk(n_done)`` is called after each chunk (progress).
     """
@@ -290,6 +292,8 @@ def render_edits(
         sl = slice(start, min(start + batch_size, n * e))
         x = xt[pair_img[sl]]  # (b, C, H, W)
         d = offsets[pair_off[sl]]  # (b, *h)
+        if scales is not None:
+            d = d * scales[pair_img[sl], pair_off[sl]].to(d).view(-1, *(1,) * (d.dim() - 1))  # (b, *h)
         out[sl] = ddim_render(dm, x, spec, delta=d).cpu()
         if on_chunk is not None:
             on_chunk(sl.stop - sl.start)

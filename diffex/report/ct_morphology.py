@@ -29,7 +29,7 @@ from skimage.measure import find_contours, label, regionprops
 from skimage.morphology import disk, opening
 
 CT_FEATURES = ("Area_mm2", "Diameter_mm", "MaxDiameter_mm", "MeanHU", "P10HU", "P50HU", "P90HU", "Solidity",
-               "MarginIrregularity", "SolidShare", "Found")
+               "MarginIrregularity", "SolidShare", "Found", "CenterX_mm", "CenterY_mm", "ParenchymaHU")
 LESION_HU = -650.0
 SOLID_HU = -300.0
 
@@ -97,6 +97,10 @@ def measure_lesion(hu: np.ndarray, spacing: tuple[float, float], center: tuple[f
         "Lesion_MarginIrregularity": margin_irregularity(lesion, spacing),
         "Lesion_SolidShare": float((values > solid_hu).mean()),
         "Lesion_Found": 1.0,
+        # where the lesion lies (its centroid from the patch centre, mm) and the lung around it: nuisance readouts
+        "Lesion_CenterX_mm": float((props.centroid[1] - (hu.shape[1] - 1) / 2) * spacing[1]),
+        "Lesion_CenterY_mm": float((props.centroid[0] - (hu.shape[0] - 1) / 2) * spacing[0]),
+        "Lesion_ParenchymaHU": float(hu[hu < threshold].mean()) if (hu < threshold).any() else math.nan,
     }
 
 
@@ -106,7 +110,8 @@ CT_LABELS = {"Lesion_Diameter_mm": ("nodule diameter", "mm", 1.0), "Lesion_MeanH
              "Lesion_Area_mm2": ("nodule area", "mm²", 1.0), "Lesion_MaxDiameter_mm": ("maximum diameter", "mm", 1.0),
              "Lesion_P10HU": ("10th percentile density", "HU", 1.0), "Lesion_P50HU": ("median density", "HU", 1.0),
              "Lesion_P90HU": ("90th percentile density", "HU", 1.0), "Lesion_Solidity": ("solidity", "", 1.0),
-             "Lesion_Found": ("lesion found", "", 1.0)}
+             "Lesion_Found": ("lesion found", "", 1.0), "Lesion_CenterX_mm": ("nodule x", "mm", 1.0),
+             "Lesion_CenterY_mm": ("nodule y", "mm", 1.0), "Lesion_ParenchymaHU": ("parenchyma density", "HU", 1.0)}
 DESCRIBED = ("Lesion_Diameter_mm", "Lesion_MeanHU", "Lesion_SolidShare", "Lesion_MarginIrregularity")
 
 

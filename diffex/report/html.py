@@ -35,6 +35,7 @@ from diffex.report.folder import read_hyperstack, read_morphology
 from diffex.report.methods import methods_paragraph
 from diffex.report.morphology import measurement_label, salient
 from diffex.report.plots import histogram_plot, line_plot
+from diffex.report.trust import warnings
 from diffex.report.results import Attribute, Results, read_results
 from diffex.report.traversal import BRIGHTER, DARKER, PALETTE, composite, difference_map
 
@@ -137,9 +138,10 @@ def _example(ex, stack: np.ndarray, att: Attribute, low: np.ndarray, high: np.nd
     view = (lambda im: grey(im[0], low[0], high[0])) if grey_view else (lambda im: composite(im, low, high))
     k = 1 if grey_view else n_ch  # the composite's difference map: the channels the composite shows
     p = att.traversal.p_target[ex.index] if ex.index < len(att.traversal.p_target) else []
+    shift = att.traversal.shift_sd[ex.index] if ex.index < len(att.traversal.shift_sd) else []
     return {
         "image": ex.image, "condition": ex.condition, "moved": ex.condition != att.target, "role": ex.role,
-        "role_text": ROLE_TEXT.get(ex.role, ex.role), "p": p,
+        "role_text": ROLE_TEXT.get(ex.role, ex.role), "p": p, "shift": [f"{v:+.1f}" for v in shift],
         "composite": [png_uri(view(stack[j])) for j in frames],
         "channels": [[png_uri(grey(stack[j, c], low[c], high[c])) for j in frames] for c in range(n_ch)],
         "diff": [png_uri(difference_map(stack[j, :k], stack[zero, :k], low[:k], high[:k], DIFF_SCALE)) for j in frames],
@@ -149,7 +151,13 @@ def _example(ex, stack: np.ndarray, att: Attribute, low: np.ndarray, high: np.nd
 
 
 def _spread(att: Attribute) -> str:
-    """How far full strength is, in standard deviations of the real images along the attribute."""
+    """How far full strength moves an image, against the real images' spread along the attribute."""
+    if att.strength_unit == "sd" and len(att.data_edges_sd) == 2:
+        lo, hi = att.data_edges_sd
+        return (f" A traversal moves each image by up to {att.strength:g} standard deviations of the real images along this axis and stops "
+                f"at the edge of the real data ({lo:+.1f} … {hi:+.1f} SD, the narrower of the 1st–99th percentile range and ±3 SD): "
+                f"the moved images went {att.mean_shift_sd:.1f} SD towards {att.target} on average, and {att.ends_in_data:.0%} of them "
+                "ended inside the real data.")
     vals = [v for vs in att.coordinate.values() for v in vs]
     sd = float(np.std(vals)) if vals else 0.0
     if not sd > 0:
@@ -157,6 +165,25 @@ def _spread(att: Attribute) -> str:
     ratio = att.strength / sd
     return (f" Full strength is {ratio:.1f} standard deviations of the real images along this axis"
             + ("; the renders at the ends go beyond the variation seen in the data." if ratio > 3 else "."))
+
+
+def _consistency(att: Attribute) -> str:
+    """The consistency sentence (empty when not measured)."""
+    if not att.consistency_measure or not np.isfinite(att.consistency):
+        return ""
+    return (f"Consistency {att.consistency:.0%}: the share of the measured images whose {measurement_label(att.consistency_measure)} "
+            "changes in the same direction as the median image's, by between half and twice as much.")
+
+
+def _axis(att: Attribute) -> str:
+    return "fraction of full strength" if att.strength_unit == "sd" else "strength"
+
+
+def _histogram(att: Attribute) -> dict:
+    """The real images' coordinates per condition, with the range a traversal may render (the data's edges, or ±strength)."""
+    if att.strength_unit == "sd" and len(att.data_edges_sd) == 2:
+        return histogram_plot(att.coordinate, "coordinate along the attribute (SD of the real images)", edges=tuple(att.data_edges_sd))
+    return histogram_plot(att.coordinate, "coordinate along the attribute (units of mean ‖h‖)", edges=(-att.strength, att.strength))
 
 
 def _section(out: Path, results: Results, att: Attribute, morph_rows: list[dict]) -> dict:
@@ -183,11 +210,13 @@ def _section(out: Path, results: Results, att: Attribute, morph_rows: list[dict]
         "att": att, "n_frames": len(strengths), "start": start, "zero": zero, "strengths_text": [f"{s:+.2f}" for s in strengths],
         "examples": [_example(ex, st, att, low, high, zero, grey_view=results.imaging is not None) for ex, st in zip(shown, stacks)],
         "brighter": _rgb(BRIGHTER), "darker": _rgb(DARKER), "diff_scale": DIFF_SCALE,
-        "morph": line_plot(strengths, curves, f"strength (towards {att.target} →)", "change from strength 0" + (" (mm, HU, points)" if lesion else ""), start,
+        "morph": line_plot(strengths, curves, f"{_axis(att)} (towards {att.target} →)", "change from strength 0" + (" (mm, HU, points)" if lesion else ""), start,
                            yfmt="{:+g}" if lesion else None) if curves else None,
         "morph_images": len({r["ImageName"] for r in rows}),
-        "hist": histogram_plot(att.coordinate, "coordinate along the attribute (units of mean ‖h‖)", att.strength) if att.coordinate else None,
+        "hist": _histogram(att) if att.coordinate else None,
         "spread": _spread(att),
+        "warnings": warnings(att, results.conditions, "lesions" if results.imaging is not None else "cells"),
+        "consistency": _consistency(att),
     }
 
 
@@ -218,6 +247,7 @@ def render_report(out: Path, results: Results, provenance: dict | None = None, m
     return environment().get_template("report.html.j2").render(
         r=results, prov=provenance, title=" vs ".join(results.conditions), channels=channels, channel_names=results.channel_names,
         sections=[_section(Path(out), results, a, morph_rows or []) for a in results.attributes],
+        flags={a.id: warnings(a, results.conditions, "lesions" if results.imaging is not None else "cells") for a in results.attributes},
         methods=methods_paragraph(results, provenance), config_text=config_text, ct=ct_context(results, DIFF_SCALE),
         obj=OBJECTS["ct" if results.imaging is not None else "cells"],
         css=(STATIC / "report.css").read_text(), js=(STATIC / "report.js").read_text())

@@ -30,6 +30,15 @@ def _model_text(r: Results) -> str:
     return text + (f" on {d.training_images} images" if d.training_images else "") + ")"
 
 
+def _strength_text(cfg: dict) -> str:
+    """How far full strength moves an image, in words."""
+    s = cfg.get("strength", 1)
+    if cfg.get("strength_unit", "h_norm") == "h_norm":
+        return f"±{s:g} × the mean activation norm for every image"
+    return (f"±{s:g} standard deviations of the selection images' coordinates along each direction (h averaged over the edited steps), "
+            "each image stopped at the edge of the real data (the narrower of the 1st-99th percentile range and ±3 SD)")
+
+
 def _statistics_text(r: Results, cfg: dict) -> list[str]:
     st = r.statistics
     unit = "images" if st.bootstrap_unit == "image" else f"{st.bootstrap_unit}s (images of one {st.bootstrap_unit} resampled together)"
@@ -37,8 +46,8 @@ def _statistics_text(r: Results, cfg: dict) -> list[str]:
         f"The usable images were split at random into {st.selection_images} selection images, on which the directions were found and the "
         f"attributes selected, and {st.evaluation_images} evaluation images, on which every reported statistic was computed ({st.split}).",
         f"The {cfg.get('screen_top', '?')} candidates with the largest first-order effect on the classifier's probability of the target "
-        f"condition (gradients on {st.gradient_images} selection images) were rendered at ±{cfg.get('strength', 1)} × the mean activation norm "
-        f"({cfg.get('mode', '')} edits) on {st.rank_images} selection images, and up to {cfg.get('max_attributes', '?')} attributes per target "
+        f"condition (gradients on {st.gradient_images} selection images) were rendered at full strength, {_strength_text(cfg)} "
+        f"({cfg.get('mode', '')} edits), on {st.rank_images} selection images, and up to {cfg.get('max_attributes', '?')} attributes per target "
         "condition were selected greedily by the mean change of the classifier's probability over the images not yet flipped "
         f"(AttFind; images the classifier already assigned to the target were excluded; {st.selection_rule}).",
         f"Each selected attribute was then rendered on the evaluation images: confidence intervals are 95 % percentile bootstrap intervals over "

@@ -110,6 +110,30 @@ def trend(strengths: np.ndarray, values: np.ndarray, reference: np.ndarray, imag
     }
 
 
+def consistency(values: np.ndarray, within: float = 2.0) -> float:
+    """Share of images whose change along the traversal has the median's sign and a similar size.
+
+    ``values`` (N, S): a measurement of each image's renders, strengths ascending. An image's change
+    is its last render minus its first; it is consistent when its sign is that of the median change
+    and its size within a factor ``within`` of the median's. NaN when no image has a finite change
+    or the median change is 0. The automated stand-in for "a human sees the same change in every
+    image" (issue 14).
+
+    Example
+    -------
+    >>> consistency(np.array([[1.0, 2.0], [1.0, 2.5], [1.0, 1.8], [2.0, 1.0]]))   # changes +1, +1.5, +0.8, -1; median +0.9
+    0.75
+    """
+    v = np.atleast_2d(np.asarray(values, float))
+    d = v[:, -1] - v[:, 0]
+    d = d[np.isfinite(d)]
+    med = float(np.median(d)) if len(d) else 0.0
+    if med == 0:
+        return float("nan")
+    ratio = d / med
+    return float(np.mean((ratio >= 1 / within) & (ratio <= within)))
+
+
 PRETTY = {"AreaShape_Area": "area", "Intensity_MeanIntensity": "object intensity",
           "Intensity_MeanIntensityImage": "image intensity", "AreaShape_Eccentricity": "eccentricity",
           "AreaShape_Solidity": "solidity", "AreaShape_Center_X": "x position", "AreaShape_Center_Y": "y position",

@@ -94,12 +94,14 @@ def line_plot(x: list[float], series: list[tuple[str, list[float]]], xlabel: str
     return out
 
 
-def histogram_plot(groups: dict[str, list[float]], xlabel: str, span: float | None = None) -> dict:
-    """Overlaid per-group histograms (densities) with the group means dashed, and a ±span bar."""
+def histogram_plot(groups: dict[str, list[float]], xlabel: str, edges: tuple[float, float] | None = None) -> dict:
+    """Overlaid per-group histograms (densities) with the group means dashed, and a bar from ``edges[0]`` to ``edges[1]``
+    (the range a traversal may render)."""
     vals = np.concatenate([np.asarray(v, float) for v in groups.values() if len(v)] or [np.zeros(1)])
     lo, hi = float(vals.min()), float(vals.max())
+    span = edges
     if span:
-        lo, hi = min(lo, -span), max(hi, span)
+        lo, hi = min(lo, span[0]), max(hi, span[1])
     if hi <= lo:
         lo, hi = lo - 1, hi + 1
     edges = np.linspace(lo, hi, 25)
@@ -119,6 +121,6 @@ def histogram_plot(groups: dict[str, list[float]], xlabel: str, span: float | No
                               "mean": f"{round(float(v.mean()), 2) + 0.0:+.2f}" if len(v) else None,
                               "mean_x": round(ax.x(float(v.mean())), 1) if len(v) else None})
     if span:
-        out["span"] = {"x0": round(ax.x(-span), 1), "x1": round(ax.x(span), 1), "y": round(ax.y(0) - 5, 1),
-                       "legend_y": ax.legend_y(len(groups)), "text": f"{-span:+g} … {span:+g}"}
+        out["span"] = {"x0": round(ax.x(span[0]), 1), "x1": round(ax.x(span[1]), 1), "y": round(ax.y(0) - 5, 1),
+                       "legend_y": ax.legend_y(len(groups)), "text": f"{span[0]:+.2g} … {span[1]:+.2g}"}
     return out

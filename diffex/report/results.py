@@ -24,7 +24,7 @@ from diffex.errors import DiffexError
 from diffex.fsutil import read_json, write_json
 
 FORMAT = "diffex-explain"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: calibrated strengths (2026-11-28)
 T = TypeVar("T")
 
 
@@ -52,12 +52,13 @@ class ShownExample:
 class Traversal:
     """Renders of an attribute at several strengths, for the images that were rendered."""
 
-    strengths: list[float]  # relative strengths (units of mean ‖h‖), ascending
+    strengths: list[float]  # frames as fractions of full strength, -1 ... +1, ascending
     images: list[str]
     conditions: list[str]
     measured: list[bool]  # per image: part of the seeded random sample the trends are computed on
     p_target: list[list[float]]  # (images, strengths) classifier probability of the target
     shown: list[ShownExample]
+    shift_sd: list[list[float]] = field(default_factory=list)  # (images, strengths) each render's shift along the attribute, SD units
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Attribute:
     name: str  # candidate direction's name, e.g. 'gradient:sv1'
     candidate: int  # index into Results.candidates
     sign: int  # +1 or -1
-    strength: float  # full traversal strength, in units of mean ‖h‖
+    strength: float  # full traversal strength, in strength_unit
     merged: list[str]
     screening_score: float
     selection_mean_delta_p: float  # on the selection images not yet explained when AttFind picked it
@@ -96,8 +97,17 @@ class Attribute:
     description: str = ""
     morphology: dict[str, Trend] = field(default_factory=dict)  # on the measured (random) images only
     traversal: Traversal | None = None
-    coordinate: dict[str, list[float]] = field(default_factory=dict)  # per condition, units of mean ‖h‖
+    coordinate: dict[str, list[float]] = field(default_factory=dict)  # per condition, SD of the real images along the attribute
     files: list[str] = field(default_factory=list)
+    # calibration (diffex.explain.calibrate); results written before 2026-11-28 have the defaults: h_norm, unknown spread
+    strength_unit: str = "h_norm"  # "sd": SDs of the real images along the attribute, stopped at the data's edges; "h_norm": × mean ‖h‖
+    sd_h: float = float("nan")  # SD of the real (selection) images' coordinates along the attribute, h units
+    sd_per_h_scale: float = float("nan")  # the same, as a share of the mean ‖h‖
+    data_edges_sd: list[float] = field(default_factory=list)  # the real data's edges along the attribute (low, high), SD units
+    mean_shift_sd: float = float("nan")  # mean shift of the moved evaluation images at full strength, SD units
+    ends_in_data: float = float("nan")  # share of the moved evaluation images whose full-strength end lies inside the edges
+    consistency: float = float("nan")  # share of the measured images whose main change has the median's sign and size (within 2x)
+    consistency_measure: str = ""  # that main change's morphology column ("" when nothing changes consistently)
 
 
 @dataclass

@@ -12,6 +12,9 @@ Methods
                  condition, then the top right singular vectors of the stacked per-image gradients.
 ``jacobian``     top right singular vectors of ∂ε/∂h (subspace iteration; J·v by central differences,
                  Jᵀ·u by autograd) at a few timesteps of the edit interval.
+``discriminative``  per denoising step, the shrinkage-LDA direction that separates one condition's real
+                 images from the others' (regularization chosen by cross-validated AUC), averaged over
+                 the edit steps; also the early-step and late-step averages.
 ``contrastive``  DiffEx-style baseline: K directions trained with the LatentCLR loss, so that one
                  direction changes the UNet's output in the same way on every image and differently
                  from the other directions.
@@ -19,7 +22,7 @@ Methods
 Example
 -------
 >>> list_methods()
-['contrastive', 'gradient', 'jacobian', 'pca']
+['contrastive', 'discriminative', 'gradient', 'jacobian', 'pca']
 >>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
 """
 
@@ -75,6 +78,7 @@ class DirectionContext:
     h_scale : float                mean ‖h‖ (strength unit)
     seed : int
     contrastive_iterations : int
+    labels : ndarray (N,) or None  the class index (condition) of each image in ``h``
     """
 
     pair: object
@@ -88,6 +92,12 @@ class DirectionContext:
     seed: int = 0
     contrastive_iterations: int = 30
     probe_images: int = 8
+    labels: np.ndarray | None = None
+
+    @property
+    def edit_steps(self) -> int:
+        """How many of h's steps (ordered from t_end down) the edit acts on: the first ``len(timesteps)``."""
+        return len(self.timesteps)
 
     @property
     def h_shape(self) -> tuple[int, ...]:
