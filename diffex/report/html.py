@@ -244,10 +244,10 @@ def render_report(out: Path, results: Results, provenance: dict | None = None, m
     channels = [{"name": ch, "rgb": _rgb(PALETTE[i % len(PALETTE)]),
                  "range": f"{_num(ranges[ch][0])} – {_num(ranges[ch][1])}" if ch in ranges else "not recorded"}
                 for i, ch in enumerate(results.channel_names)]
+    sections = [_section(Path(out), results, a, morph_rows or []) for a in results.attributes]
     return environment().get_template("report.html.j2").render(
         r=results, prov=provenance, title=" vs ".join(results.conditions), channels=channels, channel_names=results.channel_names,
-        sections=[_section(Path(out), results, a, morph_rows or []) for a in results.attributes],
-        flags={a.id: warnings(a, results.conditions, "lesions" if results.imaging is not None else "cells") for a in results.attributes},
+        sections=sections, flags={sec["att"].id: sec["warnings"] for sec in sections},
         methods=methods_paragraph(results, provenance), config_text=config_text, ct=ct_context(results, DIFF_SCALE),
         obj=OBJECTS["ct" if results.imaging is not None else "cells"],
         css=(STATIC / "report.css").read_text(), js=(STATIC / "report.js").read_text())
