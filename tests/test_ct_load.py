@@ -60,3 +60,47 @@ def test_ct_manifest_and_patch_errors(tmp_path):
             load_ct_patches(read_ct_manifest(tmp_path / "m.csv"), CTGeometry(spacing_mm=1.0, size=16), show_progress=False)
     with pytest.raises(DiffexError, match="unknown HU window"):
         CTGeometry(windows=("brain",))
+
+
+def test_hu_tiff_rows_declare_offset_and_spacing(tmp_path):
+    """A 16-bit TIFF slice with its offset and spacing in the manifest gives the same HU patch as the NIfTI it was cut from."""
+    import tifffile
+
+    from diffex.data.source import record_digest
+
+    _volume(tmp_path)
+    hu = np.full((48, 64), -1000.0, np.float32)
+    yy, xx = np.mgrid[:48, :64]
+    hu[(yy - 20) ** 2 + (xx - 30) ** 2 <= 4**2] = 40.0  # slice 3 of _volume, as diffex shows it
+    tifffile.imwrite(tmp_path / "s3.tif", (hu + 1024).astype(np.uint16))
+    (tmp_path / "m.csv").write_text("path,condition,patient_id,slice,center_y,center_x,hu_offset,spacing_mm\n"
+                                    "s3.tif,malignant,P1,,20,30,1024,0.5\nvol.nii.gz,malignant,P2,3,20,30,,\n")
+    recs = read_ct_manifest(tmp_path / "m.csv")
+    assert recs[0].hu_tiff == (1024.0, 0.5) and recs[1].hu_tiff is None
+    geo = CTGeometry(spacing_mm=1.0, size=16, windows=("mediastinum",))
+    s = load_ct_patches(recs, geo, show_progress=False)
+    np.testing.assert_array_equal(s.raw[0], s.raw[1])
+    assert s.raw[0].max() == pytest.approx(40.0, abs=1e-3)  # the disk, resampled
+    # another declared offset is another image: its cache key differs
+    other = recs[0].as_record().__class__(**{**vars(recs[0].as_record()), "hu_tiff": (0.0, 0.5)})
+    assert record_digest(other, "f") != record_digest(recs[0].as_record(), "f")
+    assert record_digest(recs[1].as_record(), "f") == record_digest(recs[1].as_record().__class__(
+        **{**vars(recs[1].as_record()), "hu_tiff": None}), "f")
+
+
+@pytest.mark.parametrize("row, match", [
+    ("s.tif,a,P1,,,,,\n", "does not say how its values map to HU: give hu_offset"),
+    ("s.tif,a,P1,,,,1024,\n", "give hu_offset"),
+    ("s.tif,a,P1,,,,1024,0\n", "spacing_mm must be > 0"),
+    ("s.tif,a,P1,,,,1024,x\n", "spacing_mm 'x' is not a number"),
+    ("vol.nii.gz,a,P1,3,,,1024,0.5\n", "apply to 16-bit TIFF files only"),
+])
+def test_hu_tiff_declaration_errors_name_the_line(tmp_path, row, match):
+    import tifffile
+
+    _volume(tmp_path)
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((8, 8), np.uint16))
+    (tmp_path / "m.csv").write_text("path,condition,patient_id,slice,center_y,center_x,hu_offset,spacing_mm\n" + row)
+    with pytest.raises(InputError, match=match) as e:
+        read_ct_manifest(tmp_path / "m.csv")
+    assert "m.csv" in str(e.value) and "line 2" in str(e.value)

@@ -211,3 +211,32 @@ def test_gate_settings_must_fit_the_schedule():
         _tiny_cfg(roundtrip_t_end=1200)
     with pytest.raises(DiffexError, match="roundtrip_steps"):
         _tiny_cfg(roundtrip_steps=50, roundtrip_t_end=20)
+
+
+def test_init_from_starts_at_the_given_weights(cells, tiny_diffusion, tmp_path):
+    """init_from: zero steps of learning rate leave the weights exactly where the given model's are; a changed model is not resumed."""
+    from diffex.models.diffusion_init import init_digest
+
+    out_ref, dm_ref, _ = tiny_diffusion
+    out = tmp_path / "ft"
+    dm, _ = train_diffusion(cells, out, _tiny_cfg(steps=2, lr=0.0, init_from=str(out_ref)), device="cpu", show_progress=False)
+    for (k, a), (_, b) in zip(dm.unet.state_dict().items(), dm_ref.unet.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    assert dm.info.normalization == dm_ref.info.normalization
+    fresh, _ = train_diffusion(cells, tmp_path / "fresh", _tiny_cfg(steps=2, lr=0.0), device="cpu", show_progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.unet.state_dict().values(), dm_ref.unet.state_dict().values()))
+    # the state remembers the starting weights by content: other weights at that path are refused
+    other = tmp_path / "other"
+    train_diffusion(cells, other, _tiny_cfg(steps=1), device="cpu", show_progress=False)
+    assert init_digest(other) != init_digest(out_ref)
+    with pytest.raises(DiffexError, match=r"other settings \(init_from\)"):
+        train_diffusion(cells, out, _tiny_cfg(steps=2, lr=0.0, init_from=str(other)), device="cpu", show_progress=False, force=True)
+
+
+def test_init_from_another_architecture_is_an_error(cells, tiny_diffusion, tmp_path):
+    out_ref, _, _ = tiny_diffusion
+    wide = _tiny_cfg(steps=1, init_from=str(out_ref), unet=UNetSpec(**{**TINY_UNET, "block_out_channels": (16, 48)}))
+    with pytest.raises(DiffexError, match="another UNet architecture"):
+        train_diffusion(cells, tmp_path / "x", wide, device="cpu", show_progress=False)
+    with pytest.raises(DiffexError, match="not a diffusers UNet2DModel folder"):
+        train_diffusion(cells, tmp_path / "y", _tiny_cfg(steps=1, init_from=str(tmp_path)), device="cpu", show_progress=False)

@@ -1,8 +1,10 @@
 """CT experiments: the CT manifest, and 2-D patches in HU at one pixel spacing.
 
 A CT manifest is a CSV with ``path,condition`` and optionally ``patient_id,series,slice,center_z,
-center_y,center_x``. ``path`` is a DICOM file, a DICOM series folder, a NIfTI file or a folder of
-condition subfolders' files; ``slice`` (or ``center_z``) picks the axial slice of a volume;
+center_y,center_x,hu_offset,spacing_mm``. ``path`` is a DICOM file, a DICOM series folder, a NIfTI
+file or a 16-bit TIFF (slice or stack) whose row declares ``hu_offset`` (HU = stored value −
+hu_offset) and ``spacing_mm`` (square pixels); those two columns are required on TIFF rows and
+refused on others, whose files carry their own scaling; ``slice`` (or ``center_z``) picks the axial slice of a volume;
 ``center_y, center_x`` (voxel indices of the volume as :func:`~diffex.data.ct_io.read_ct` returns
 it) centre the patch on a lesion, else the slice's centre is used. ``patient_id`` becomes the
 record's ``replicate``: held-out splits and bootstraps then keep all slices of one patient on one
@@ -47,7 +49,8 @@ from diffex.progress import progress
 
 log = logging.getLogger(__name__)
 
-CT_MANIFEST_OPTIONAL = ("patient_id", "series", "slice", "center_z", "center_y", "center_x")
+CT_MANIFEST_OPTIONAL = ("patient_id", "series", "slice", "center_z", "center_y", "center_x", "hu_offset", "spacing_mm")
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,11 @@ class CTRecord:
     series: str | None = None
     slice: int | None = None
     center: tuple[float, float] | None = None  # (y, x) voxel indices
+    hu_tiff: tuple[float, float] | None = None  # 16-bit TIFF: (HU offset, pixel spacing mm)
 
     def as_record(self) -> Record:
         return Record(path=self.path, condition=self.condition, replicate=self.patient_id, batch=self.series,
-                      slice=self.slice, center=self.center)
+                      slice=self.slice, center=self.center, hu_tiff=self.hu_tiff)
 
 
 def channel_name(window: HUWindow) -> str:
@@ -160,8 +164,24 @@ def read_ct_manifest(manifest: str | Path) -> list[CTRecord]:
         z = sl if sl is not None else cz
         out.append(CTRecord(p, row["condition"].strip(), (row.get("patient_id") or "").strip() or None,
                             (row.get("series") or "").strip() or None, None if z is None else int(round(z)),
-                            None if cy is None else (cy, cx)))
+                            None if cy is None else (cy, cx), _tiff_declaration(row, p, manifest, line)))
     return out
+
+
+def _tiff_declaration(row: dict, path: Path, manifest: Path, line: int) -> tuple[float, float] | None:
+    """(hu_offset, spacing_mm) of a TIFF row; both required for a TIFF and refused for other files."""
+    off, sp = _number(row, "hu_offset", manifest, line), _number(row, "spacing_mm", manifest, line)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        if off is not None or sp is not None:
+            raise InputError(manifest, f"line {line}: hu_offset and spacing_mm apply to 16-bit TIFF files only; "
+                                       f"{path.name} carries its own scaling and spacing")
+        return None
+    if off is None or sp is None:
+        raise InputError(manifest, f"line {line}: {path.name} is a TIFF, which does not say how its values map to HU: "
+                                   f"give hu_offset (HU = stored value - hu_offset) and spacing_mm (pixel spacing)")
+    if not sp > 0:
+        raise InputError(manifest, f"line {line}: spacing_mm must be > 0, got {sp:g}")
+    return off, sp
 
 
 def extract_patch(hu: np.ndarray, spacing: tuple[float, float, float], rec: CTRecord, geometry: CTGeometry) -> np.ndarray:
@@ -210,12 +230,14 @@ def load_ct_patches(records: list, geometry: CTGeometry, modality: str | None = 
     if not records:
         raise DiffexError("no CT images to load")
     windows = geometry.hu_windows
-    cache: dict[Path, object] = {}
+    cache: dict[tuple, object] = {}
     patches = []
     for rec in progress(records, "reading CT", enabled=show_progress):
-        if rec.path not in cache:
-            cache = {rec.path: read_ct(rec.path, modality or geometry.modality)}  # keep one volume: its slices are often adjacent
-        vol = cache[rec.path]
+        key = (rec.path, rec.hu_tiff)
+        if key not in cache:  # keep one volume: its slices are often adjacent
+            tiff = {} if rec.hu_tiff is None else {"hu_offset": rec.hu_tiff[0], "spacing": (rec.hu_tiff[1], rec.hu_tiff[1])}
+            cache = {key: read_ct(rec.path, modality or geometry.modality, **tiff)}
+        vol = cache[key]
         patches.append(extract_patch(vol.hu, vol.spacing, rec, geometry))
     hu = np.stack(patches)[:, None].astype(np.float32)  # (N, 1, S, S)
     low = np.array([w.low for w in windows], np.float32)[None, :, None, None]

@@ -54,6 +54,7 @@ class Record:
     batch: str | None = None
     slice: int | None = None  # CT: the axial slice of a volume (None: a single-slice file)
     center: tuple[float, float] | None = None  # CT: (y, x) voxel indices the patch is centred on
+    hu_tiff: tuple[float, float] | None = None  # CT 16-bit TIFF: (HU offset, pixel spacing in mm) the manifest declares
 
     @property
     def locator(self) -> str:

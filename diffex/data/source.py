@@ -121,9 +121,11 @@ def file_digest(path: Path) -> str:
 
 
 def record_digest(record: Record, file_sha: str | None = None) -> str:
-    """The cache key of a record's content: its file's digest, with its locator (slice, centre) inside the file."""
+    """The cache key of a record's content: its file's digest, with its locator (slice, centre) inside the file
+    and, for an HU TIFF, the offset and spacing the manifest declares (another offset is another image)."""
     base = file_sha or file_digest(record.path)
-    return base if not record.locator else hashlib.sha256(f"{base}#{record.locator}".encode()).hexdigest()
+    where = record.locator + ("" if record.hu_tiff is None else f";hu_tiff={record.hu_tiff[0]:g},{record.hu_tiff[1]:g}")
+    return base if not where else hashlib.sha256(f"{base}#{where}".encode()).hexdigest()
 
 
 def config_record(cfg_dict: dict) -> dict:

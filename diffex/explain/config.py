@@ -15,6 +15,7 @@ from diffex.config import from_dict
 from diffex.errors import DiffexError
 from diffex.explain.calibrate import STRENGTH_UNITS
 from diffex.explain.directions import get_method
+from diffex.explain.directions.learned import SETTINGS as LEARNED_SETTINGS
 from diffex.models.diffusion import check_precision
 from diffex.models.sampler import DEFAULT_T_END, MODES, SamplerSpec
 
@@ -44,7 +45,8 @@ class ExplainConfig:
     bootstrap resamples units (``bootstrap_unit``: auto = the first of replicate, batch, plate,
     well that every image has; or image, or one of those columns). AttFind stops when the
     one-sided ``selection_confidence`` bootstrap lower bound of the next pick's mean Δp is not
-    above 0.
+    above 0. ``learned_setting`` sizes the ``learned`` method's training (``reduced``: 60 iterations of
+    8 images; ``full``: 600 of 32; ``auto``: full on a GPU; see :mod:`diffex.explain.directions.learned`).
     """
 
     diffusion: str | None = None
@@ -70,6 +72,7 @@ class ExplainConfig:
     seed: int = 0
     bootstrap: int = 1000
     contrastive_iterations: int = 30
+    learned_setting: str = "auto"
     precision: str = "fp32"
     evaluation_fraction: float = 0.5
     evaluation_images: int = 96
@@ -93,6 +96,9 @@ class ExplainConfig:
                      "rank_images", "max_attributes", "batch_size", "traversal_images", "measure_images", "evaluation_images"):
             if getattr(self, name) < 1:
                 raise DiffexError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learned_setting not in LEARNED_SETTINGS:
+            raise DiffexError(f"learned_setting must be one of {LEARNED_SETTINGS} (the learned method's training: auto = full on a "
+                              f"GPU, reduced elsewhere), got {self.learned_setting!r}")
         if not self.strength > 0:
             raise DiffexError(f"strength must be > 0, got {self.strength}")
         if self.strength_unit not in STRENGTH_UNITS:

@@ -98,7 +98,9 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     cfg = exp.cfg
     ts = cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps)
     edit_ts = ts[ts >= cfg.t_edit]
-    settings = {k: to_dict(cfg)[k] for k in ("methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations")}
+    names = ["methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations"]
+    names += ["learned_setting", "precision", "steps", "t_end", "t_edit"] if "learned" in cfg.methods else []
+    settings = {k: to_dict(cfg)[k] for k in names}
     key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.selection),
                                   "settings": digest(settings), "edit_timesteps": digest(*edit_ts)})
 
@@ -106,14 +108,16 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
         task = progress.add_task("candidate directions", total=1)
         ctx = DirectionContext(exp.pair, inv.xrec[inv.selection], inv.h[inv.selection], grads.grads, inv.targets[grads.images],
                                exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations,
-                               labels=exp.labels[inv.selection])
+                               labels=exp.labels[inv.selection], xt=inv.xt[inv.selection], sampler=cfg.gradient_sampler,
+                               learned_setting=cfg.learned_setting, cache=exp.cache, progress=progress,
+                               cache_inputs={"images": _images_digest(exp, inv.selection), "precision": cfg.precision})
         with exp.counted("directions"):
             cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
         progress.advance(task)
-        return {"vectors": cands.vectors}, {"names": cands.names, "merged": cands.merged}
+        return {"vectors": cands.vectors}, {"names": cands.names, "merged": cands.merged, "diagnostics": cands.diagnostics}
 
     tensors, meta = cached(exp.cache, key, compute)
-    return key, Candidates(tensors["vectors"], meta["names"], meta["merged"])
+    return key, Candidates(tensors["vectors"], meta["names"], meta["merged"], meta.get("diagnostics", {}))
 
 
 def calibration_stage(exp: Experiment, inv: Inversions, cands: Candidates) -> Calibrated:

@@ -95,7 +95,8 @@ def build_results(exp: Experiment, inv: Inversions, grads: Gradients, cands: Can
                     for i, n in enumerate(cands.names)],
         statistics=statistics_summary(exp, inv, grads, table), attributes=attributes,
         quality_gate_passed=bool((dm.info.quality_gate or {}).get("passed", False)), elapsed_s=round(time.time() - t_start, 1),
-        unet_image_evaluations_this_run=dict(exp.evaluations), imaging=imaging_summary(exp))
+        unet_image_evaluations_this_run=dict(exp.evaluations), imaging=imaging_summary(exp),
+        direction_training=dict(cands.diagnostics))
 
 
 def imaging_summary(exp: Experiment) -> ImagingSummary | None:

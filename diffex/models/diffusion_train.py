@@ -44,6 +44,7 @@ from diffex.data.source import (
 from diffex.errors import DiffexError
 from diffex.fsutil import atomic_file, refuse_overwrite
 from diffex.models.diffusion import DiffusionInfo, DiffusionModel
+from diffex.models.diffusion_init import init_digest, initial_model
 from diffex.models.diffusion_objective import (  # noqa: F401 - loss_weights, training_target: part of this module's API
     _ema_decay,
     _lr_factor,
@@ -104,6 +105,7 @@ class DiffusionTrainConfig:
     spacing_mm: float | None = None  # CT/MR: pixel spacing every slice is resampled to
     windows: tuple = ()  # CT/MR: preset names or (low, high), one channel each
     seed: int = 0
+    init_from: str | None = None  # a diffex diffusion model folder whose weights start the run (fine-tuning; diffusion_init.py)
     checkpoint_every: int = 250
     gate_samples: int = 256
     gate_sample_steps: int = 50
@@ -154,6 +156,10 @@ def _config_fingerprint(cfg: DiffusionTrainConfig, dev: torch.device) -> dict:
         for k in ("modality", "spacing_mm", "windows"):
             d.pop(k)
     d["precision"] = training_precision(cfg.precision, dev)
+    if cfg.init_from:  # the starting weights, not where they lie
+        d["init_from"] = init_digest(cfg.init_from)
+    else:
+        d.pop("init_from")
     return d
 
 
@@ -177,10 +183,15 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, in_channels, cfg.size).to(dev)
     ema = build_unet(cfg.unet, in_channels, cfg.size).to(dev)
+    init = None
+    if cfg.init_from:
+        init = initial_model(cfg.init_from, unet, in_channels, cfg.size, cfg.geometry.to_dict() if cfg.geometry else None)
+        log.info("starting from the weights of %s", cfg.init_from)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), model_normalization(cfg.geometry, train_raw, cfg.percentiles),
+    norm = init.info.normalization if init is not None and init.info.normalization else model_normalization(cfg.geometry, train_raw, cfg.percentiles)
+    run = _Run(unet, ema, opt, torch.Generator().manual_seed(cfg.seed), norm,
                data=hashlib.sha256(np.ascontiguousarray(train_raw).tobytes()).hexdigest()[:24])
     if not state_path.exists():
         return run

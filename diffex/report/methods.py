@@ -20,7 +20,26 @@ METHOD_TEXT = {
     "pca": "principal components of h over the images' sampling trajectories",
     "jacobian": "leading right-singular vectors of the Jacobian of the U-Net's noise prediction with respect to h",
     "contrastive": "a contrastive objective on the U-Net's output changes (LatentCLR-style, the DiffEx baseline)",
+    "discriminative": "per-step shrinkage linear discriminants between the conditions' real h, solved in cross-validated principal subspaces",
+    "learned": ("directions learned without labels by a shift module trained jointly with a reconstructor (which must recover "
+                "the direction and the amount of a shift from the original and the shifted render) and a discriminator (which keeps "
+                "shifted renders realistic), by backpropagation through the sampler"),
 }
+
+
+def _training_text(r: Results) -> list[str]:
+    """How trained direction methods were trained, and whether their reconstructor learned (a sentence each)."""
+    out = []
+    lt = r.direction_training.get("learned")
+    if lt:
+        s, ev = lt["settings"], lt["evaluation"]
+        start = "started at the principal axes of the real images' h" if s.get("init") == "pca" else "started at random"
+        out.append(f"The learned directions ({lt['k']}, {start}) were trained for "
+                   f"{s['iterations']} iterations of {s['batch']} images with {s['steps']}-step renders, shifts of up to "
+                   f"{s['strength_sd']:g} SD of the real images along each direction; on {ev['pairs']} fresh shifts the reconstructor "
+                   f"named the direction in {100 * ev['accuracy']:.0f} % (chance {100 * ev['chance']:.0f} %, one-sided binomial "
+                   f"p = {ev['p_value']:.2g}).")
+    return out
 
 
 def _model_text(r: Results) -> str:
@@ -92,6 +111,7 @@ def methods_paragraph(r: Results, provenance: dict) -> str:
         + f"; the mean round-trip PSNR was {inv.psnr_db_mean:.1f} dB and {len(inv.flagged)} image(s) below {inv.min_psnr_db:g} dB were excluded.",
         f"Candidate directions in the activation space of the U-Net's middle block (h-space) were derived from {mtext}"
         f" (directions with |cos| > {cfg.get('merge_cos', 0.9)} merged; {len(r.candidates)} candidates).",
+        *_training_text(r),
         *_statistics_text(r, cfg),
         *_input_text(r),
         _measurement_text(r),

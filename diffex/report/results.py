@@ -201,6 +201,7 @@ class Results:
     elapsed_s: float
     unet_image_evaluations_this_run: dict[str, int]  # noise predictions per stage; 0 for stages served from the cache
     imaging: ImagingSummary | None = None  # CT/MR; None for microscopy
+    direction_training: dict[str, Any] = field(default_factory=dict)  # by method: how trained methods (learned) were trained
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

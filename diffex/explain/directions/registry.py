@@ -15,6 +15,9 @@ Methods
 ``discriminative``  per denoising step, the shrinkage-LDA direction that separates one condition's real
                  images from the others' (regularization chosen by cross-validated AUC), averaged over
                  the edit steps; also the early-step and late-step averages.
+``learned``      the seed method: K directions a shift module proposes, trained with a reconstructor that
+                 must tell which direction and how far from (render, shifted render) and a discriminator
+                 that keeps shifted renders realistic, through the sampler.
 ``contrastive``  DiffEx-style baseline: K directions trained with the LatentCLR loss, so that one
                  direction changes the UNet's output in the same way on every image and differently
                  from the other directions.
@@ -22,7 +25,7 @@ Methods
 Example
 -------
 >>> list_methods()
-['contrastive', 'discriminative', 'gradient', 'jacobian', 'pca']
+['contrastive', 'discriminative', 'gradient', 'jacobian', 'learned', 'pca']
 >>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,6 +83,13 @@ class DirectionContext:
     seed : int
     contrastive_iterations : int
     labels : ndarray (N,) or None  the class index (condition) of each image in ``h``
+    xt : Tensor (N, C, H, W) or None  the images' inverted x at t_end (methods that render: ``learned``)
+    sampler : SamplerSpec or None  explain's sampler (``learned`` renders with its t_end and t_edit)
+    learned_setting : str          ``learned``'s preset: auto, reduced or full
+    cache : Path or None           the experiment's cache folder (methods that cache their training)
+    cache_inputs : dict            digests of what those cached results depend on (images, models)
+    diagnostics : dict             filled by methods: what their training did, by method name
+    progress : Progress or None    where methods that train show a progress bar (``add_task``/``advance``)
     """
 
     pair: object
@@ -93,6 +104,13 @@ class DirectionContext:
     contrastive_iterations: int = 30
     probe_images: int = 8
     labels: np.ndarray | None = None
+    xt: torch.Tensor | None = None
+    sampler: object = None
+    learned_setting: str = "auto"
+    cache: Path | None = None
+    cache_inputs: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+    progress: object = None
 
     @property
     def edit_steps(self) -> int:
@@ -124,6 +142,7 @@ class Candidates:
     vectors: torch.Tensor  # (K, *h_shape)
     names: list[str]
     merged: dict[str, list[str]] = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # by method: what its training did (e.g. ``learned``)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -153,7 +172,7 @@ def generate(ctx: DirectionContext, methods: list[str], k: int, merge_cos: float
             keep.append(i)
         else:
             merged.setdefault(names[dup], []).append(names[i])
-    return Candidates(allv[keep], [names[i] for i in keep], merged)
+    return Candidates(allv[keep], [names[i] for i in keep], merged, dict(ctx.diagnostics))
 
 
 def eps_with(dm, x: torch.Tensor, t: int, delta: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,343 @@
+"""Scoring of the validity benchmark: one experiment folder against the ground truth of its images.
+
+**Matching.** An attribute *matches* a true factor when (i) the median within-image |Spearman r|
+of the factor's measurement with strength is >= ``MATCH_R``; (ii) its sign is the ground truth's:
+positive strength moves images towards the attribute's target, so the measurement must rise when
+the target condition has the higher mean of the factor in the factors CSV and fall otherwise;
+(iii) its full-strength renders stay in the data: for the factor's measurement and each nuisance
+measurement, at most ``MAX_OUTSIDE_SHARE`` of the full-strength renders (the "random sample" rows
+of morphology.csv at the largest |strength|) lie outside the real images' 1st-99th percentile range.
+Of the matches, the lowest-ranked one that meets every criterion below is the factor's match
+(else the lowest-ranked one); attributes that track the factor but are rejected are reported with
+the reason ("wrong sign", "leaves the data").
+
+**Criteria** (per factor, on its match; all false when there is none): ``top3`` rank <= 3;
+``sign`` right sign; ``r`` |r| >= ``MIN_R``; ``specific`` |r| <= ``MAX_OTHER_R`` with every
+other factor's measurement; ``separation`` AUC >= ``MIN_AUC`` and Holm-adjusted p < ``MAX_P_ADJUSTED``;
+``nuisance`` the largest relative change of a nuisance measurement at +-strength < ``MAX_DRIFT``;
+``in_data`` as (iii). A factor passes when every criterion holds. Its flip rate is reported beside
+the share of images already at the target (baseline).
+
+Also, for the rank-1 attributes: proximity, L1 (in units of the display range) and SSIM between
+the full-strength render and the strength-0 render over the example hyperstacks; realism, the
+median |z| of the full-strength renders' measurements against the real images and the share of
+renders with any |z| > 4; and on the real images, how well each measurement tracks its true factor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MEASURE = {"nucleus_radius": "DNA_AreaShape_Area", "actin_level": "Actin_Intensity_MeanIntensity"}
+NUISANCE = {"cell size": "Actin_AreaShape_Area", "cell x": "Actin_AreaShape_Center_X",
+            "cell y": "Actin_AreaShape_Center_Y", "cell elongation": "Actin_AreaShape_Eccentricity"}
+MEASURE_CT = {"diameter_mm": "Lesion_Diameter_mm", "solid_fraction": "Lesion_SolidShare"}
+NUISANCE_CT = {"nodule x": "Lesion_CenterX_mm", "nodule y": "Lesion_CenterY_mm", "parenchyma density": "Lesion_ParenchymaHU",
+               "margin irregularity": "Lesion_MarginIrregularity"}
+RANDOM = "random sample"  # morphology.csv Role of the images the trends are computed on
+
+MATCH_R = 0.7  # |r| from which an attribute tracks a factor (a match also needs the right sign and to stay in the data)
+TOP_RANK = 3  # a factor's match must be among the top 3 attributes of its target
+MIN_R = 0.8  # |r| of the match with its own factor
+MAX_OTHER_R = 0.3  # |r| of the match with every other factor
+MIN_AUC = 0.7  # separation of the conditions along the match
+MAX_P_ADJUSTED = 0.01
+MAX_DRIFT = 0.10  # largest relative change of a nuisance measurement at +-strength
+MAX_OUTSIDE_SHARE = 0.10  # share of full-strength renders outside the real data's range, per measurement
+DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of the data"
+MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
+CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
+FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
+           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst", "consistency")
+
+
+# ------------------------------------------------------------------------------------ scoring
+Real = tuple[list[str], dict[str, np.ndarray]]  # the real images' relative paths and measurements
+
+
+def _real_measurements(images: Path, size: int, channel_names: list[str], imaging=None) -> Real:
+    """Relative paths and morphology of the real images, at the models' size (CT: read and measured as explain does)."""
+    from diffex.data.dataset import discover, load_images, relative_path
+    from diffex.report.morphology import measure_many
+
+    if imaging is not None:
+        return _real_ct(images, size, imaging)
+    recs = sorted(discover(images), key=lambda r: str(r.path))
+    imgs = load_images(recs, size, show_progress=False)
+    return [relative_path(r.path, images) for r in recs], measure_many(imgs.raw, channel_names)
+
+
+def _real_ct(images: Path, size: int, imaging) -> Real:
+    """CT: the manifest's patches resampled and windowed with the experiment's geometry, lesion readouts in mm and HU."""
+    from diffex.data.ct_load import CTGeometry
+    from diffex.data.dataset import image_name
+    from diffex.data.source import find_records, load_records
+    from diffex.report.ct_morphology import hu_channel, measure_many_ct
+
+    geo = CTGeometry.from_dict({"modality": imaging.modality, "spacing_mm": imaging.spacing_mm, "windows": imaging.windows}, size)
+    recs = find_records(images, geo)
+    data = load_records(recs, size, "area", geo, show_progress=False)
+    ch = hu_channel(geo.modality, [(w.low, w.high) for w in geo.hu_windows])
+    return [image_name(r, images) for r in recs], measure_many_ct(data.raw, geo.spacing_mm, ch)
+
+
+def read_truth(factors: Path) -> list[dict]:
+    """Rows of the ground-truth CSV (path, condition, factor values as text)."""
+    import csv
+
+    with open(factors, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def expected_sign(truth: list[dict], factor: str, target: str) -> int:
+    """+1 when the target condition's images have the higher mean of ``factor`` (ground truth), else -1.
+
+    Positive strength moves images towards the target, so a right attribute's measurement rises
+    with strength (Spearman r > 0) exactly when this is +1.
+    """
+    mine = [float(r[factor]) for r in truth if r["condition"] == target]
+    rest = [float(r[factor]) for r in truth if r["condition"] != target]
+    if not mine or not rest:
+        raise SystemExit(f"ground truth: no images of condition {target!r}, or none of another condition")
+    return 1 if np.mean(mine) > np.mean(rest) else -1
+
+
+def trend_r(att, column: str) -> float:
+    """Median within-image Spearman r of a measurement with strength (0 when not measured)."""
+    t = att.morphology.get(column)
+    return float(t.spearman_r) if t is not None and np.isfinite(t.spearman_r) else 0.0
+
+
+def random_rows(rows: list[dict]) -> list[dict]:
+    """morphology.csv rows of the random sample (every row when there is no Role column)."""
+    return [r for r in rows if r.get("Role", RANDOM) == RANDOM]
+
+
+def full_strength(rows: list[dict], att_id: str) -> list[dict]:
+    """The attribute's rows at its largest |strength| (both ends of the traversal)."""
+    mine = [r for r in rows if str(r["attribute"]) == att_id]
+    if not mine:
+        return []
+    top = max(abs(r["Strength"]) for r in mine)
+    return [r for r in mine if np.isclose(abs(r["Strength"]), top)]
+
+
+def data_ranges(real: dict[str, np.ndarray], columns) -> dict[str, tuple[float, float]]:
+    """The real images' DATA_RANGE percentiles of each measurement (columns without finite values left out)."""
+    out = {}
+    for c in columns:
+        v = np.asarray(real.get(c, []), float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            lo, hi = np.percentile(v, DATA_RANGE)
+            out[c] = (float(lo), float(hi))
+    return out
+
+
+def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]]) -> tuple[float | None, str | None]:
+    """The largest share, over the measurements, of renders outside the real range, and that measurement.
+
+    A missing or non-finite measurement (no object found) is outside. (None, None) without renders.
+    """
+    if not rows:
+        return None, None
+    share, worst = 0.0, None
+    for c, (lo, hi) in ranges.items():
+        out = float(np.mean([not (isinstance(r.get(c), float) and lo <= r[c] <= hi) for r in rows]))
+        if out > share:
+            share, worst = out, c
+    return share, worst
+
+
+def nuisance_drift(att, nuisance: dict[str, str] | None = None, scale: dict[str, float] | None = None) -> tuple[float | None, str | None]:
+    """The largest relative change of a nuisance measurement at +-strength (unmeasured: inf), and which.
+
+    ``scale`` (column -> divisor) turns absolute changes (CT trends) into relative ones; microscopy trends are relative already.
+    """
+    nuisance, scale = nuisance or NUISANCE, scale or {}
+    drift = {n: float(np.nan_to_num(max(abs(t.change_at_max), abs(t.change_at_min)) / scale.get(c, 1.0), nan=np.inf))
+             for n, c in nuisance.items() if (t := att.morphology.get(c)) is not None}
+    if not drift:
+        return None, None
+    worst = max(drift, key=drift.get)
+    return drift[worst], worst
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """What a configuration measures: factor -> column, nuisance name -> column, and the drift divisors of absolute trends."""
+
+    measure: dict
+    nuisance: dict
+    drift_scale: dict
+
+
+MICROSCOPY = Readouts(MEASURE, NUISANCE, {})
+
+
+def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_flips: float = float("nan"),
+            readouts: Readouts = MICROSCOPY) -> dict:
+    """The scores of one attribute as the match of ``factor`` (see FIGURES); ``top_flips``: its target's top-3 cumulative flip rate."""
+    measure, nuisance = readouts.measure, readouts.nuisance
+    col = measure[factor]
+    drift, drift_worst = nuisance_drift(att, nuisance, readouts.drift_scale)
+    share, share_worst = outside_share(full_strength(rows, att.id), {c: ranges[c] for c in (col, *nuisance.values()) if c in ranges})
+    return {"target": att.target, "rank": att.rank, "r": trend_r(att, col), "expected_sign": sign,
+            "other_r": max((abs(trend_r(att, measure[g])) for g in measure if g != factor), default=0.0),
+            "auc": att.separation_auc, "p_adjusted": att.separation_p_adjusted, "flip_rate": att.flip_rate,
+            "baseline_at_target": att.baseline_at_target, "n_eligible": att.n_eligible, "top_flips": top_flips,
+            "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst,
+            "consistency": float(getattr(att, "consistency", float("nan")))}
+
+
+def criteria(fig: dict) -> dict[str, bool]:
+    """Pass/fail of each criterion (see CRITERIA) for an attribute's figures; all False without an attribute."""
+    if fig["rank"] is None:
+        return dict.fromkeys(CRITERIA, False)
+    return {
+        "top3": fig["rank"] <= TOP_RANK,
+        "sign": bool(np.sign(fig["r"]) == fig["expected_sign"]),
+        "r": abs(fig["r"]) >= MIN_R,
+        "specific": fig["other_r"] <= MAX_OTHER_R,
+        "separation": bool(fig["auc"] >= MIN_AUC and fig["p_adjusted"] < MAX_P_ADJUSTED),
+        "nuisance": fig["nuisance_drift"] is not None and fig["nuisance_drift"] < MAX_DRIFT,
+        "in_data": fig["outside_share"] is not None and fig["outside_share"] <= MAX_OUTSIDE_SHARE,
+        "flips": bool(fig["top_flips"] >= MIN_TOP_FLIPS),
+    }
+
+
+def rejection(fig: dict) -> str | None:
+    """Why an attribute that tracks a factor is not a match of it (None: it is)."""
+    if not criteria(fig)["sign"]:
+        return f"wrong sign (r = {fig['r']:+.2f}, the ground truth says {'+' if fig['expected_sign'] > 0 else '-'})"
+    if fig["outside_share"] is None:
+        return "leaves the data (no full-strength renders in morphology.csv to check)"
+    if fig["outside_share"] > MAX_OUTSIDE_SHARE:
+        return f"leaves the data ({fig['outside_share']:.0%} of full-strength renders outside the real {fig['outside_worst']})"
+    return None
+
+
+def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict, readouts: Readouts = MICROSCOPY) -> dict:
+    """The match of one true factor among the attributes, its figures, criteria and the rejected attributes."""
+    col = readouts.measure[factor]
+    matches, rejected = [], {}
+    for a in sorted(atts, key=lambda a: (a.rank, -abs(trend_r(a, col)))):
+        if abs(trend_r(a, col)) < MATCH_R:
+            continue
+        top_flips = max((b.cumulative_flip_rate for b in atts if b.target == a.target and b.rank <= TOP_RANK), default=float("nan"))
+        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips, readouts)
+        why = rejection(fig)
+        if why:
+            rejected[a.id] = why
+        else:
+            matches.append((a, fig))
+    if not matches:
+        fig = dict.fromkeys(FIGURES)
+        return {"attribute": None, **fig, "criteria": criteria(fig), "passed": False, "rejected": rejected}
+    a, fig = min(matches, key=lambda m: not all(criteria(m[1]).values()))  # first passing one, else the lowest rank
+    crit = criteria(fig)
+    return {"attribute": a.id, **fig, "criteria": crit, "passed": all(crit.values()), "rejected": rejected}
+
+
+def _proximity(exp: Path, att, ranges: dict) -> tuple[list[float], list[float]]:
+    """L1 (units of the display range) and SSIM between the full-strength and the strength-0 frame of each shown example."""
+    from skimage.metrics import structural_similarity
+
+    from diffex.report.folder import read_hyperstack
+
+    chans = list(ranges)
+    span = np.array([ranges[c][1] - ranges[c][0] for c in chans], float)
+    strengths = np.asarray(att.traversal.strengths)
+    zero, full = int(np.argmin(np.abs(strengths))), len(strengths) - 1
+    l1, ssim = [], []
+    for ex in att.traversal.shown:
+        st = read_hyperstack(exp / "traversals" / ex.file, len(chans))  # (F, C, H, W)
+        a, b = st[full] / span[:, None, None], st[zero] / span[:, None, None]
+        l1.append(float(np.abs(a - b).mean()))
+        ssim.append(float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(len(chans))])))
+    return l1, ssim
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def proximity(exp: Path, top: list, display_ranges: dict) -> dict:
+    """Mean L1 and SSIM over the shown examples of the given attributes."""
+    pairs = [_proximity(exp, a, display_ranges) for a in top if a.traversal is not None]
+    return {"l1": _mean([v for p in pairs for v in p[0]]), "ssim": _mean([v for p in pairs for v in p[1]])}
+
+
+def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict], measure: dict | None = None) -> dict:
+    """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity)."""
+    from scipy.stats import spearmanr
+
+    by_path = {r["path"]: r for r in truth}
+    out = {}
+    for f, col in (measure or MEASURE).items():
+        pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)]
+        out[f"proxy_r_{f}"] = float(spearmanr(*zip(*pairs))[0]) if len(pairs) > 2 else None
+    return out
+
+
+def realism(rows: list[dict], top: list, real: dict[str, np.ndarray]) -> dict:
+    """Median |z| of the full-strength renders' measurements against the real images, and the share with any |z| > 4."""
+    cols = [c for c in real if np.isfinite(real[c]).sum() > 2 and np.nanstd(real[c]) > 0 and "Center" not in c]
+    full = [r for a in top for r in full_strength(rows, a.id)]
+    if not full or not cols:
+        return {"realism_median_abs_z": None, "realism_share_any_z_over_4": None}
+    z = np.array([[(r[c] - np.nanmean(real[c])) / np.nanstd(real[c]) if isinstance(r.get(c), float) else np.nan for c in cols]
+                  for r in full])
+    return {"realism_median_abs_z": float(np.nanmedian(np.abs(z))),
+            "realism_share_any_z_over_4": float(np.mean(np.nanmax(np.abs(np.nan_to_num(z, nan=99.0)), axis=1) > 4))}
+
+
+def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...], real: Real | None = None) -> dict:
+    """Score one finished experiment folder against the ground truth of its images.
+
+    ``real``: the real images' (relative paths, measurements); measured from ``images`` when None.
+    """
+    from diffex.report.folder import read_morphology
+    from diffex.report.results import read_results
+
+    res = read_results(exp / "results.json")
+    size = res.diffusion_model.image_size
+    paths, meas = real if real is not None else _real_measurements(images, size, res.channel_names, res.imaging)
+    readouts = readouts_of(res, meas)
+    truth = read_truth(factors)
+    rows = random_rows(read_morphology(exp / "morphology.csv"))
+    ranges = data_ranges(meas, [*readouts.measure.values(), *readouts.nuisance.values()])
+    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts) for f in differs}
+    top = [a for a in res.attributes if a.rank == 1]
+    return {"attributes": len(res.attributes), "elapsed_s": res.elapsed_s, "factors": per_factor,
+            "passed": all(v["passed"] for v in per_factor.values()), **strength_figures(res.attributes),
+            **proximity(exp, top, res.display_ranges), **proxy_validity(paths, meas, truth, readouts.measure), **realism(rows, top, meas)}
+
+
+def readouts_of(res, real: dict[str, np.ndarray]) -> Readouts:
+    """The experiment's readouts: microscopy's, or for CT the lesion readouts with drift relative to the patch width (positions)
+    and to the real images' median magnitude (the rest)."""
+    if res.imaging is None:
+        return MICROSCOPY
+    width = res.diffusion_model.image_size * res.imaging.spacing_mm
+    scale = {c: width if "Center" in c else float(np.nanmedian(np.abs(real.get(c, [np.nan])))) for c in NUISANCE_CT.values()}
+    return Readouts(MEASURE_CT, NUISANCE_CT, scale)
+
+
+def strength_figures(atts: list) -> dict:
+    """How far the rank-1 attributes moved the images (SD of the real data along them) and how many ended inside the data."""
+    top = [a for a in atts if a.rank == 1]
+    return {"strength_unit": top[0].strength_unit if top else None,
+            "mean_shift_sd": _mean([a.mean_shift_sd for a in top if np.isfinite(a.mean_shift_sd)]),
+            "ends_in_data": _mean([a.ends_in_data for a in top if np.isfinite(a.ends_in_data)])}
+
+
+# ------------------------------------------------------------------------------------ running
+def gate_passed(diffusion: Path) -> bool:
+    """Whether the diffusion model passed its quality gate (from its diffex.json)."""
+    return bool(json.loads((diffusion / "diffex.json").read_text()).get("quality_gate", {}).get("passed"))
