@@ -86,3 +86,61 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     assert [r["diffusion_gate_passed"] for r in rows] == [gate, gate]
     assert all(set(r["factors"]) == {"nucleus_radius"} for r in rows)
     assert validity.table(rows).count("\n") == 3
+
+
+def test_gate_samplers_reproduces_the_gate_at_eta_zero(tiny_diffusion, cells, tmp_path):
+    """At eta = 0 the benchmark draws the gate's own samples: its rows equal the recorded gate's; other images are refused."""
+    import json
+    import shutil
+
+    from diffex.errors import DiffexError
+    from diffex.models.diffusion import DiffusionModel
+
+    bench = _load("gate_samplers")
+    out = tmp_path / "rows.json"
+    assert bench.main(["--model", str(tiny_diffusion[0]), "--images", str(cells), "--etas", "0,1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    gate_rows = tiny_diffusion[2]["statistics"]
+    at_zero = [r for r in rows if r["eta"] == 0]
+    assert len(at_zero) == len(gate_rows) == len(rows) // 2
+    for ours, gate in zip(at_zero, gate_rows):
+        assert (ours["channel"], ours["measure"]) == (gate["channel"], gate["measure"])
+        np.testing.assert_allclose([ours["sample_mean"], ours["sample_sd"], ours["data_mean"]],
+                                   [gate["sample_mean"], gate["sample_sd"], gate["data_mean"]], rtol=1e-5)
+    assert any(r["sample_mean"] != g["sample_mean"] for r, g in zip([r for r in rows if r["eta"] == 1], gate_rows))
+    fewer = tmp_path / "fewer"
+    shutil.copytree(cells, fewer)
+    for f in sorted(p for p in fewer.rglob("*.tif*"))[:3]:
+        f.unlink()
+    try:
+        bench.training_images(DiffusionModel.load(tiny_diffusion[0]), fewer)
+    except DiffexError as e:
+        assert "do not split as the model's training images did" in str(e)
+    else:
+        raise AssertionError("a different images folder was accepted")
+
+
+def test_gate_samplers_lesion_rows_on_disks_of_known_size():
+    """Disks of 8 mm (real) against 10 mm (samples) at the CT model's 0.8 mm: the rows are the readouts' mean differences."""
+    from types import SimpleNamespace
+
+    from diffex.models.diffusion import DiffusionModel
+    from diffex.report.ct_morphology import measure_lesion
+
+    bench = _load("gate_samplers")
+    model = SimpleNamespace(info=DiffusionModel.load(REPO / "sample_data" / "ct" / "models" / "diffusion").info)
+    yy, xx = np.mgrid[:32, :32] * 0.8 - 15.5 * 0.8  # mm from the centre
+
+    def disks(diameter_mm, hu, n=4):
+        one = np.where(yy**2 + xx**2 <= (diameter_mm / 2) ** 2, hu, -850.0).astype(np.float32)
+        return np.repeat(one[None, None], n, axis=0)  # (n, 1, 32, 32)
+
+    rows = {r["measure"]: r for r in bench.lesion_rows(model, disks(8.0, 40.0), disks(10.0, -100.0))}
+    assert rows["Lesion_Found"]["data_mean"] == rows["Lesion_Found"]["sample_mean"] == 1.0
+    # brute force: one patch of each, measured directly (the readout's opening shaves the 10 mm pixel disk to 9.55 mm)
+    one = {d: measure_lesion(disks(d, hu, 1)[0, 0], (0.8, 0.8)) for d, hu in ((8.0, 40.0), (10.0, -100.0))}
+    assert rows["Lesion_Diameter_mm"]["mean_diff"] == one[10.0]["Lesion_Diameter_mm"] - one[8.0]["Lesion_Diameter_mm"]
+    assert abs(rows["Lesion_Diameter_mm"]["data_mean"] - 2 * np.sqrt(80 * 0.64 / np.pi)) < 1e-9  # the 80-pixel disk: 8.07 mm
+    assert abs(rows["Lesion_MeanHU"]["mean_diff"] - (-140.0)) < 1e-3
+    assert rows["Lesion_SolidShare"]["data_mean"] == rows["Lesion_SolidShare"]["sample_mean"] == 1.0
+    assert bench.lesion_rows(SimpleNamespace(info=SimpleNamespace(ct=None)), disks(8, 40), disks(8, 40)) == []

@@ -18,8 +18,10 @@ from diffex.models.sampler import (
     SamplerSpec,
     ddim_invert,
     ddim_render,
+    ddim_step_stochastic,
     ddim_timesteps,
     psnr,
+    sample,
 )
 from diffex.models.unet import UNetSpec, build_unet, default_scheduler_config
 
@@ -155,6 +157,55 @@ def test_ddim_round_trip_is_exact_for_the_exact_denoiser():
     xt = ddim_invert(dm, x_star, SamplerSpec(steps=10))
     torch.testing.assert_close(ddim_render(dm, xt, SamplerSpec(steps=10)), x_star, rtol=1e-4, atol=1e-4)
     assert float(psnr(ddim_render(dm, xt, SamplerSpec(steps=10)), x_star)[0]) > 60
+
+
+class _GaussianOracleUNet(torch.nn.Module):
+    """The exact noise predictor for pixels drawn i.i.d. from N(0, s^2): eps = sqrt(1 - a) x_t / (a s^2 + 1 - a)."""
+
+    def __init__(self, s, acp):
+        super().__init__()
+        self.s, self.acp = s, acp
+        self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x, t):
+        a = float(self.acp[int(t)])
+        return type("Out", (), {"sample": math.sqrt(1 - a) * x / (a * self.s**2 + 1 - a)})()
+
+
+def test_stochastic_step_matches_diffusers_ddim_with_eta():
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, prediction_type="epsilon")
+    sched.set_timesteps(10)  # leading spacing: the step from t = 500 goes to t = 400
+    g = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    acp = sched.alphas_cumprod.to(torch.float64)
+    for eta in (0.0, 0.5, 1.0):
+        ref = sched.step(eps, 500, x, eta=eta, variance_noise=z).prev_sample
+        ours = ddim_step_stochastic(x, eps, float(acp[500]), float(acp[400]), eta, z)
+        torch.testing.assert_close(ours, ref.to(torch.float64), rtol=1e-5, atol=1e-6)
+        # the last step, to the clean image (diffusers: final_alpha_cumprod = 1)
+        last = sched.step(eps, 0, x, eta=eta, variance_noise=z).prev_sample
+        torch.testing.assert_close(ddim_step_stochastic(x, eps, float(acp[0]), 1.0, eta, z), last.to(torch.float64), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step_stochastic(x, eps, 0.5, 0.8, 1.5, z)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_samples_of_the_exact_gaussian_denoiser_have_the_data_spread(eta):
+    sched = default_scheduler_config(beta_schedule="squaredcos_cap_v2")
+    probe = DiffusionModel(build_unet(UNetSpec(**TINY_UNET), 1, 8), sched, DiffusionInfo(1, 8))
+    dm = DiffusionModel(_GaussianOracleUNet(0.5, probe.alphas_cumprod), sched, DiffusionInfo(1, 8))
+    # every timestep: both samplers are exact for the exact denoiser (at 200 steps eta = 1 gives sd 0.484)
+    x = sample(dm, 128, steps=1000, seed=0, eta=eta)  # (128, 1, 8, 8): 8,192 pixels, sd of the sd ~0.004
+    assert abs(float(x.std()) - 0.5) < 0.012
+    assert abs(float(x.mean())) < 0.015
+    other = sample(dm, 128, steps=1000, seed=0, eta=eta)
+    assert torch.equal(x, other)  # seeded: the same samples again
+    # the ODE carries the starting noise to the sample (here a pure rescaling, r = 1); fresh noise at every step forgets it
+    start = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).double()  # sample()'s first draw
+    r = float(torch.corrcoef(torch.stack([x.flatten(), start.flatten()]))[0, 1])
+    assert r > 0.999 if eta == 0 else abs(r) < 0.05
 
 
 def test_gate_is_recorded_and_printed(tiny_diffusion):

@@ -278,7 +278,7 @@ def _training_record(cfg: DiffusionTrainConfig, run: _Run, data, images, train_i
     }
 
 
-def _load_split(images, cfg: DiffusionTrainConfig, axes: str | None, show_progress: bool):
+def load_split(images, cfg: DiffusionTrainConfig, axes: str | None, show_progress: bool):
     """The images at the model size and a stratified (train, held-out) split of them."""
     geometry = cfg.geometry
     data = load_records(find_records(images, geometry), cfg.size, cfg.resize_mode, geometry, axes=axes, show_progress=show_progress)
@@ -359,7 +359,7 @@ def train_diffusion(
     dev = resolve_device(device)
     state_path = _work_dir(out) / "state.pt"
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    data, train_idx, held_idx = _load_split(images, cfg, axes, show_progress)
+    data, train_idx, held_idx = load_split(images, cfg, axes, show_progress)
     train_raw, held_raw = data.raw[train_idx], data.raw[held_idx]
     run = _start(cfg, data.raw.shape[1], train_raw, dev, state_path)
     info = DiffusionInfo(data.raw.shape[1], cfg.size, data.channel_names, run.norm, cfg.resize_mode, source=str(out),

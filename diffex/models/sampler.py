@@ -2,7 +2,8 @@
 
 Inversion and rendering share one timestep grid (trailing spacing, ``steps`` steps ending at
 t = T - 1), so that rendering an inverted x_T reproduces the image up to the discretization error
-of the ODE. Nothing is clipped.
+of the ODE. Nothing is clipped. Unconditional samples (:func:`sample`) can also be drawn with
+fresh noise at every step (eta > 0, :func:`ddim_step_stochastic`); explain never does.
 
 h-space is the output of the UNet's mid block. An edit adds an offset ``delta`` (B, *h_shape) to
 it at every step with t >= ``t_edit``, through a forward hook on ``unet.mid_block``
@@ -201,14 +202,52 @@ def _eps_forked(dm, x: torch.Tensor, t: int, batch_size: int | None, delta: torc
     return torch.cat(edits), torch.cat(plains)
 
 
+def ddim_step_stochastic(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float, eta: float,
+                         noise: torch.Tensor) -> torch.Tensor:
+    """One DDIM step with noise (Song et al. 2021, eq. 12) from level a_from down to a_to; x, eps, noise (B, C, H, W).
+
+    ``eta = 0`` is the deterministic step; ``eta = 1`` with every timestep is DDPM's ancestral
+    step (posterior variance beta-tilde).
+
+    Example
+    -------
+    >>> x, e = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    >>> bool(torch.equal(ddim_step_stochastic(x, e, 0.5, 0.8, 0.0, torch.randn(1, 1, 2, 2)), _ddim_step(x, e, 0.5, 0.8)))
+    True
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be between 0 and 1, got {eta}")
+    if a_to < a_from:
+        raise ValueError(f"a stochastic step goes towards less noise: alpha {a_from} -> {a_to}")
+    sigma = eta * math.sqrt((1 - a_to) / (1 - a_from) * (1 - a_from / a_to))
+    x0 = (x - math.sqrt(1 - a_from) * eps) / math.sqrt(a_from)
+    return math.sqrt(a_to) * x0 + math.sqrt(max(1 - a_to - sigma**2, 0.0)) * eps + sigma * noise
+
+
 @torch.no_grad()
-def sample(dm, n: int, steps: int = 50, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
-    """Draw n unconditional samples (n, C, H, W) in model space by DDIM from Gaussian noise."""
+def sample(dm, n: int, steps: int = 50, seed: int = 0, batch_size: int = 64, eta: float = 0.0) -> torch.Tensor:
+    """Draw n unconditional samples (n, C, H, W) in model space by DDIM from Gaussian noise.
+
+    ``eta = 0`` (the quality gate's sampler) follows the deterministic ODE that explain renders
+    with; ``eta > 0`` adds fresh noise at every step (``eta = 1``: ancestral sampling), drawn from
+    the same seeded generator after the starting noise.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be between 0 and 1, got {eta}")
     g = torch.Generator().manual_seed(seed)
     shape = (n, dm.info.in_channels, dm.info.image_size, dm.info.image_size)
     noise = torch.randn(shape, generator=g)
     spec = SamplerSpec(steps=steps)
-    return torch.cat([ddim_render(dm, chunk, spec) for chunk in noise.split(batch_size)])
+    if eta == 0:
+        return torch.cat([ddim_render(dm, chunk, spec) for chunk in noise.split(batch_size)])
+    ts = spec.timesteps(dm.num_train_timesteps)
+    x = noise.to(dm.device, _dtype(dm))  # (n, C, H, W)
+    for i in range(len(ts) - 1, -1, -1):
+        t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
+        eps = _eps_batched(dm, x, t, batch_size)
+        z = torch.randn(shape, generator=g).to(x.device, x.dtype)
+        x = ddim_step_stochastic(x, eps, _alpha(dm, t), _alpha(dm, prev), eta, z)
+    return x
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
