@@ -56,13 +56,19 @@ def training_images(model: DiffusionModel, images: str | Path, axes: str | None 
     return data.raw[train_idx]
 
 
-def lesion_rows(model: DiffusionModel, ref, samples) -> list[dict]:
-    """Lesion readouts of samples against the training patches (HU images (N, C, H, W)); none for a non-CT model."""
+def lesion_readouts(model: DiffusionModel, images) -> dict | None:
+    """Lesion readouts of HU images (N, C, H, W) at the model's spacing; None for a model that is not CT."""
     ct = model.info.ct
     channel = hu_channel(ct["modality"], [(w["low"], w["high"]) for w in ct["windows"]]) if ct else None
-    if channel is None:
+    return None if channel is None else measure_many_ct(images, ct["spacing_mm"], channel)
+
+
+def lesion_rows(model: DiffusionModel, ref, samples, data: dict | None = None) -> list[dict]:
+    """Lesion readouts of samples against the training patches ``ref`` (``data``: their readouts, if measured already)."""
+    data = data if data is not None else lesion_readouts(model, ref)
+    if data is None:
         return []
-    data, made = (measure_many_ct(x, ct["spacing_mm"], channel) for x in (ref, samples))
+    made = lesion_readouts(model, samples)
     rows = []
     for col in LESION_COLUMNS:
         d, m = data[col], made[col]
@@ -77,15 +83,17 @@ def compare_samplers(model: DiffusionModel, train_raw, etas: list[float], n: int
                      seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Gate-statistics rows per eta, channel and measure (with the seconds the sampling took), and lesion rows per eta."""
     ref = model.from_model_space(model.to_model_space(torch.from_numpy(train_raw))).numpy()
+    ref_stats, ref_lesions = image_statistics(ref), lesion_readouts(model, ref)  # measured once for every eta
     names = model.info.channel_names or tuple(f"ch{i}" for i in range(model.info.in_channels))
     rows, lesions = [], []
     for eta in etas:
         t0 = time.perf_counter()
         samples = model.from_model_space(sample(model, n, steps, seed, eta=eta).cpu()).numpy()
         seconds = time.perf_counter() - t0  # the first eta's includes warm-up
-        for row in compare_statistics(image_statistics(ref), image_statistics(samples), names):
+        for row in compare_statistics(ref_stats, image_statistics(samples), names):
             rows.append({"eta": eta, "steps": steps, "n_samples": n, "seconds": round(seconds, 1), **row})
-        lesions += [{"eta": eta, **row} for row in lesion_rows(model, ref, samples)]
+        if ref_lesions is not None:
+            lesions += [{"eta": eta, **row} for row in lesion_rows(model, ref, samples, ref_lesions)]
     return rows, lesions
 
 
@@ -107,11 +115,9 @@ def format_lesions(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _finite(value):
+def _json_rows(rows: list[dict]) -> list[dict]:
     """JSON-safe: non-finite floats (no lesion found in any sample, a zero data mean) become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if lesions:
         print(format_lesions(lesions))
     if args.out:
-        clean = [{k: _finite(v) for k, v in r.items()} for r in rows + lesions]
-        Path(args.out).write_text(json.dumps({"model": args.model, "rows": clean[: len(rows)], "lesions": clean[len(rows):]},
-                                             indent=1, allow_nan=False))
+        record = {"model": args.model, "rows": _json_rows(rows), "lesions": _json_rows(lesions)}
+        Path(args.out).write_text(json.dumps(record, indent=1, allow_nan=False))
     return 0
 
 

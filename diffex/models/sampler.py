@@ -232,8 +232,6 @@ def sample(dm, n: int, steps: int = 50, seed: int = 0, batch_size: int = 64, eta
     with; ``eta > 0`` adds fresh noise at every step (``eta = 1``: ancestral sampling), drawn from
     the same seeded generator after the starting noise.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be between 0 and 1, got {eta}")
     g = torch.Generator().manual_seed(seed)
     shape = (n, dm.info.in_channels, dm.info.image_size, dm.info.image_size)
     noise = torch.randn(shape, generator=g)
