@@ -59,3 +59,99 @@ def test_discriminative_needs_conditions():
         get_method("discriminative")(_ctx(h, None), 1)
     with pytest.raises(DiffexError, match="two conditions"):
         get_method("discriminative")(_ctx(h, np.zeros(8, int)), 1)
+
+
+def _planted_sparse(n=160, seed=0, atoms=6, noise=0.05):
+    """h (n, S=4, *H_SHAPE) made of sparse non-negative codes on ``atoms`` orthonormal directions, plus noise.
+    Atom 0 fires in 5 % of the control and 40 % of the treated images; the others in 15 % of every image."""
+    rng = np.random.default_rng(seed)
+    d = np.linalg.qr(rng.normal(size=(64, atoms)))[0].T  # (atoms, D)
+    y = np.repeat([0, 1], n // 2)
+    p = np.full((n, atoms), 0.15)
+    p[:, 0] = np.where(y == 1, 0.4, 0.05)
+    codes = rng.exponential(size=(n, atoms)) * (rng.random((n, atoms)) < p) * 3.0  # (n, atoms)
+    steps = np.stack([codes @ d + noise * rng.normal(size=(n, 64)) for _ in range(4)], 1)  # (n, S, D)
+    return torch.as_tensor(steps, dtype=torch.float32).view(n, 4, *H_SHAPE), y, d
+
+
+def _unit_rows(vecs):
+    flat = vecs.flatten(1).double().numpy()
+    return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+
+def test_sparse_recovers_planted_atoms_and_ranks_the_condition_atom_first():
+    h, y, d = _planted_sparse()
+    ctx = _ctx(h, y)
+    vecs, names = get_method("sparse")(ctx, 12)
+    cos = _unit_rows(vecs) @ d.T  # (k, atoms)
+    assert cos[0, 0] >= 0.9, (names[0], cos[0])  # the condition atom first, pointing towards treated
+    assert "towards treated" in names[0] and not any("other conditions" in n for n in names)
+    assert np.abs(cos[1:, 0]).max() < 0.9  # near-copies of the first atom are not offered again
+    diag = ctx.diagnostics["sparse"]
+    assert diag["loss_last"] < 0.5 * diag["loss_first"] and diag["explained_variance"] > 0.9
+    assert diag["components"] == 64 and diag["components_variance"] == pytest.approx(1.0)  # 64 components hold all of D = 64
+    # the methods paragraph reports the fit as measured
+    from types import SimpleNamespace
+
+    from diffex.report.methods import _training_text
+    text = _training_text(SimpleNamespace(direction_training={"sparse": diag}))[0]
+    assert f"{diag['atoms']} atoms" in text and f"{100 * diag['explained_variance']:.0f} %" in text
+    assert f"{diag['active_per_row']:.1f} active atoms" in text
+
+
+def test_sparse_without_conditions_ranks_by_code_energy():
+    h, _, d = _planted_sparse()
+    vecs, names = get_method("sparse")(_ctx(h, None), 6)
+    assert all("of the code energy" in n for n in names)
+    cos = np.abs(_unit_rows(vecs) @ d.T)  # (6, 6)
+    assert (cos.max(1) >= 0.9).all(), cos.max(1)  # each candidate is a planted atom ...
+    assert sorted(cos.argmax(1)) == list(range(6))  # ... and each planted atom is offered once
+
+
+def test_sparse_dictionary_recovers_sparse_codes_but_not_a_random_basis():
+    """A check with power: the same fit on dense Gaussian rows (no sparse structure) matches no fixed basis."""
+    rng = np.random.default_rng(1)
+    d = np.linalg.qr(rng.normal(size=(20, 4)))[0].T
+    from diffex.explain.directions.sparse import fit_sparse_dictionary
+    sparse_x = rng.exponential(size=(800, 4)) * (rng.random((800, 4)) < 0.2) @ d
+    dense_x = rng.normal(size=(800, 4)) @ d * 0.5
+    for x, expect in ((sparse_x, True), (dense_x, False)):
+        fit = fit_sparse_dictionary(torch.as_tensor(x), atoms=8, seed=0)
+        best = np.abs(fit.atoms.numpy() @ d.T).max(0)
+        assert bool((best >= 0.95).all()) is expect, best
+
+
+def _planted_ignored(n=120, seed=0):
+    """The planted data plus a second direction v along which the conditions differ more strongly (d' 4) but the
+    classifier never looks: the per-image gradients span u and two other directions, not v."""
+    h, y, u, nuis = _planted(n=n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    basis = np.linalg.qr(np.column_stack([u, nuis, rng.normal(size=(64, 3))]))[0]
+    v, others = basis[:, 4], basis[:, 5:7]
+    h = h + torch.as_tensor(np.outer(4.0 * y + rng.normal(size=n), v), dtype=torch.float32).view(n, 1, *H_SHAPE)
+    coef = rng.normal(size=(24, 3))
+    grads = torch.as_tensor(coef @ np.column_stack([u, others]).T, dtype=torch.float32).view(24, *H_SHAPE)
+    return h, y, u, v, grads
+
+
+def test_gradspan_finds_the_condition_direction_the_classifier_looks_at():
+    h, y, u, v, grads = _planted_ignored()
+    ctx = _ctx(h, y)
+    ctx.grads = grads
+    vecs, names = get_method("gradspan")(ctx, 3)
+    assert names[0] == "towards treated in the gradient span (3 axes), mean over the edit steps"
+    cos = _unit_rows(vecs)
+    assert (cos @ u >= 0.9).all(), cos @ u
+    assert np.abs(cos @ v).max() < 1e-6  # v lies outside the gradients' span
+    plain = _unit_rows(get_method("discriminative")(ctx, 1)[0])[0]
+    assert plain @ u < 0.7 and abs(plain @ v) > 0.5  # without the span, the stronger, ignored difference dominates
+
+
+def test_gradspan_needs_conditions_and_gradients():
+    h, y, _, _, grads = _planted_ignored(n=20)
+    ctx = _ctx(h, None)
+    ctx.grads = grads
+    with pytest.raises(DiffexError, match="gradspan method needs the conditions"):
+        get_method("gradspan")(ctx, 1)
+    with pytest.raises(DiffexError, match="non-zero classifier gradients"):
+        get_method("gradspan")(_ctx(h, y), 1)

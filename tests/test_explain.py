@@ -65,7 +65,7 @@ def test_gradient_matches_finite_differences(pair):
     torch.testing.assert_close(analytic, fd, atol=2e-3 + 0.05 * fd.abs().max().item(), rtol=0.05)
 
 
-@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "learned"])
+@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "gradspan", "sparse", "learned"])
 def test_direction_methods_give_unit_vectors(pair, method, monkeypatch):
     from dataclasses import replace
 

@@ -174,3 +174,38 @@ def test_same_file_names_in_both_conditions_do_not_overwrite(tiny_classifier, ti
         files = [e.file for e in a.traversal.shown]
         assert len(files) == len(set(files)) == len(a.traversal.shown)
         assert all((res.out / "traversals" / f).exists() for f in files)
+
+
+def test_the_strength_zero_frame_is_the_reconstruction_and_is_not_rendered_again(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
+    """Traversal frames at strength 0 come from the inversion; the others are rendered, and a render with a
+    zero offset (what the skipped frame would have been) equals the reconstruction up to float rounding."""
+    import torch
+
+    from diffex.explain import describe
+    from diffex.models import sampler
+    from diffex.models.hooks import h_shape
+
+    calls, seen = [], []
+    real_render, real_traversal = sampler.render_edits, describe.render_traversal
+
+    def render_spy(dm, xt, offsets, spec, **kw):
+        calls.append((kw["scales"].clone(), dm, xt, spec))
+        return real_render(dm, xt, offsets, spec, **kw)
+
+    def traversal_spy(exp, inv, cands_key, cands, att, images, scales):
+        before = len(calls)
+        frames = real_traversal(exp, inv, cands_key, cands, att, images, scales)
+        seen.append((frames, inv.xrec[images], scales, calls[before:]))
+        return frames
+
+    monkeypatch.setattr(sampler, "render_edits", render_spy)
+    monkeypatch.setattr(describe, "render_traversal", traversal_spy)
+    res = _run(tiny_classifier[0], tiny_diffusion[0], cells, tmp_path / "exp", replace(TINY, traversal_frames=3))
+    assert res.attributes and len(seen) == len(res.attributes)
+    for frames, xrec, scales, rendered in seen:
+        assert frames.shape[1] == 3 and np.all(scales[:, 1] == 0) and np.any(scales[:, [0, 2]] != 0)
+        assert torch.equal(frames[:, 1], xrec)  # taken, not rendered
+        assert len(rendered) == 1 and torch.equal(rendered[0][0], torch.as_tensor(scales[:, [0, 2]]))  # only the moved frames
+    _, dm, xt, spec = seen[0][3][0]
+    zero = real_render(dm, xt, torch.zeros(1, *h_shape(dm)), spec, scales=torch.zeros(len(xt), 1))[:, 0]
+    torch.testing.assert_close(zero, seen[0][1], atol=1e-5, rtol=0)

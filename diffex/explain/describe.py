@@ -112,16 +112,22 @@ def traversal_scales(cal: Calibrated, att: Attribute, images: np.ndarray, fracti
 
 def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cands: Candidates, att: Attribute,
                      images: np.ndarray, scales: np.ndarray) -> torch.Tensor:
-    """Frames (n, F, C, H, W) in model space of ``images`` along the attribute (offsets ``scales`` (n, F) × sign·d), cached by content."""
+    """Frames (n, F, C, H, W) in model space of ``images`` along the attribute (offsets ``scales`` (n, F) × sign·d), cached by content.
+
+    A frame whose offset is zero for every image (strength 0) is the reconstruction itself: it is
+    taken from the inversion instead of being rendered again.
+    """
     cfg, keys = exp.cfg, exp.inversion_keys
     tag = digest(cands_key.digest, att.candidate, att.sign, *(keys[i] for i in images), *np.round(scales, 6).ravel().tolist(),
-                 cfg.sampler, cfg.batch_size, cfg.precision)
+                 cfg.sampler, cfg.batch_size, cfg.precision, "zero frames from the reconstruction")
     path = exp.cache / "traversals" / f"{att.id}-{tag}.safetensors"
     if not path.exists():
         direction = att.sign * cands.vectors[att.candidate : att.candidate + 1]  # (1, *h)
+        moved = ~np.all(scales == 0, axis=0)  # (F,) frames with an offset for some image
+        frames = inv.xrec[images][:, None].repeat(1, scales.shape[1], 1, 1, 1)  # (n, F, C, H, W)
         with exp.counted("traversals"):
-            frames = sampler.render_edits(exp.pair.dm, inv.xt[images], direction.expand(scales.shape[1], *direction.shape[1:]),
-                                          cfg.sampler, batch_size=cfg.batch_size, scales=torch.as_tensor(scales))  # (n, F, C, H, W)
+            frames[:, moved] = sampler.render_edits(exp.pair.dm, inv.xt[images], direction.expand(int(moved.sum()), *direction.shape[1:]),
+                                                    cfg.sampler, batch_size=cfg.batch_size, scales=torch.as_tensor(scales[:, moved]))
         save_tensors(path, {"frames": frames})
     return load_tensors(path)[0]["frames"]
 

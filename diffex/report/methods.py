@@ -21,6 +21,8 @@ METHOD_TEXT = {
     "jacobian": "leading right-singular vectors of the Jacobian of the U-Net's noise prediction with respect to h",
     "contrastive": "a contrastive objective on the U-Net's output changes (LatentCLR-style, the DiffEx baseline)",
     "discriminative": "per-step shrinkage linear discriminants between the conditions' real h, solved in cross-validated principal subspaces",
+    "gradspan": "per-step shrinkage linear discriminants between the conditions' real h, solved within the span of the classifier's per-image gradients",
+    "sparse": "atoms of a sparse dictionary (a sparse autoencoder) of h, ranked by how well their activations separate the conditions",
     "learned": ("directions learned without labels by a shift module trained jointly with a reconstructor (which must recover "
                 "the direction and the amount of a shift from the original and the shifted render) and a discriminator (which keeps "
                 "shifted renders realistic), by backpropagation through the sampler"),
@@ -39,6 +41,11 @@ def _training_text(r: Results) -> list[str]:
                    f"{s['strength_sd']:g} SD of the real images along each direction; on {ev['pairs']} fresh shifts the reconstructor "
                    f"named the direction in {100 * ev['accuracy']:.0f} % (chance {100 * ev['chance']:.0f} %, one-sided binomial "
                    f"p = {ev['p_value']:.2g}).")
+    sp = r.direction_training.get("sparse")
+    if sp:
+        out.append(f"The sparse dictionary ({sp['atoms']} atoms, learned in the top {sp['components']} principal components of h, which "
+                   f"hold {100 * sp['components_variance']:.0f} % of its variance) reconstructs {100 * sp['explained_variance']:.0f} % of "
+                   f"the variance there with {sp['active_per_row']:.1f} active atoms per image and step on average.")
     return out
 
 

@@ -58,50 +58,66 @@ def _auc(score: np.ndarray, y: np.ndarray) -> float:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
-def lda_direction(x: torch.Tensor, y: np.ndarray, seed: int = 0) -> torch.Tensor:
+def lda_direction(x: torch.Tensor, y: np.ndarray, seed: int = 0, axes: torch.Tensor | None = None) -> torch.Tensor:
     """Unit-norm LDA direction (D,) separating ``y`` from ``~y`` in x (n, D), pointing towards ``y``.
 
     Solved within the top-r principal components of x, r from :data:`RANKS` by 5-fold cross-validated
-    AUC (the components refitted on each training fold; ties go to the smaller r).
+    AUC (the components refitted on each training fold; ties go to the smaller r). With ``axes``
+    (D, q), orthonormal columns ordered by importance, it is solved within their first r instead
+    (r <= q), so the direction lies in their span.
     """
     x, y = x.double().flatten(1), np.asarray(y, bool)
     if min(y.sum(), (~y).sum()) < 2:
         raise DiffexError("discriminative directions need at least two images of each condition")
     folds = np.random.default_rng(seed).permutation(len(y)) % FOLDS
-    ranks = [r for r in RANKS if r < len(y)] or [1]
+    limit = len(y) if axes is None else axes.shape[1] + 1
+    ranks = [r for r in RANKS if r < limit] or [1]
+
+    def basis_of(xs: torch.Tensor):
+        return _basis(xs, max(ranks)) if axes is None else (xs.mean(0), axes.double())
     scores = {r: np.zeros(len(y)) for r in ranks}
     for f in range(FOLDS):
         tr, te = folds != f, folds == f
         if min(y[tr].sum(), (~y[tr]).sum()) < 2 or not te.any():
             continue
         xt = x[torch.as_tensor(tr)]
-        basis = _basis(xt, max(ranks))
+        basis = basis_of(xt)
         for r in ranks:
             scores[r][te] = (x[torch.as_tensor(te)] @ _fit(xt, y[tr], r, basis)).numpy()
     aucs = {r: _auc(scores[r], y) for r in ranks}
     best = max(ranks, key=lambda r: (aucs[r], -r))
-    w = _fit(x, y, best)
+    w = _fit(x, y, best, basis_of(x))
     return w / w.norm().clamp_min(1e-12)
+
+
+def per_step_lda(ctx: DirectionContext, k: int, method: str, axes: torch.Tensor | None = None,
+                 where: str = "") -> tuple[torch.Tensor, list[str]]:
+    """Per target condition, the per-step LDA directions averaged over all, the early and the late edit steps.
+
+    ``axes`` (D, q) restricts the LDA to their span (see :func:`lda_direction`); ``where`` is added to
+    the names. ``method`` names the caller in errors.
+    """
+    if ctx.labels is None:
+        raise DiffexError(f"the {method} method needs the conditions of the images")
+    labels = np.asarray(ctx.labels)
+    present = [c for c in np.unique(labels)]
+    if len(present) < 2:
+        raise DiffexError(f"the {method} method needs images of at least two conditions")
+    n_steps = max(1, min(ctx.edit_steps, ctx.h.shape[1]))
+    targets = present[1:] if len(present) == 2 else present  # two conditions: one direction serves both (its negative)
+    vecs, names = [], []
+    for t in targets:
+        per_step = torch.stack([lda_direction(ctx.h[:, s], labels == t, ctx.seed + s, axes) for s in range(n_steps)])  # (S', D)
+        half = max(1, n_steps // 2)
+        for part, rows in (("mean over the edit steps", slice(None)), ("early steps", slice(0, half)), ("late steps", slice(half, None))):
+            if len(per_step[rows]):
+                vecs.append(per_step[rows].mean(0))
+                names.append(f"towards {ctx.class_names[int(t)]}{where}, {part}")
+    out = torch.stack(vecs)[:k]
+    return out.float().view(len(out), *ctx.h_shape), names[:k]
 
 
 @register("discriminative")
 def discriminative_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """Per target condition: the mean over the edit steps of the per-step LDA directions, then its early and late halves."""
-    if ctx.labels is None:
-        raise DiffexError("the discriminative method needs the conditions of the images")
-    labels = np.asarray(ctx.labels)
-    present = [c for c in np.unique(labels)]
-    if len(present) < 2:
-        raise DiffexError("the discriminative method needs images of at least two conditions")
-    n_steps = max(1, min(ctx.edit_steps, ctx.h.shape[1]))
-    targets = present[1:] if len(present) == 2 else present  # two conditions: one direction serves both (its negative)
-    vecs, names = [], []
-    for t in targets:
-        per_step = torch.stack([lda_direction(ctx.h[:, s], labels == t, ctx.seed + s) for s in range(n_steps)])  # (S', D)
-        half = max(1, n_steps // 2)
-        for part, rows in (("mean over the edit steps", slice(None)), ("early steps", slice(0, half)), ("late steps", slice(half, None))):
-            if len(per_step[rows]):
-                vecs.append(per_step[rows].mean(0))
-                names.append(f"towards {ctx.class_names[int(t)]}, {part}")
-    out = torch.stack(vecs)[:k]
-    return out.float().view(len(out), *ctx.h_shape), names[:k]
+    return per_step_lda(ctx, k, "discriminative")

@@ -15,6 +15,10 @@ Methods
 ``discriminative``  per denoising step, the shrinkage-LDA direction that separates one condition's real
                  images from the others' (regularization chosen by cross-validated AUC), averaged over
                  the edit steps; also the early-step and late-step averages.
+``gradspan``     the same per-step LDA, solved within the span of the classifier's per-image gradients:
+                 where the conditions differ *and* the classifier looks.
+``sparse``       atoms of a sparse dictionary (sparse autoencoder) of h, ranked by how well each atom's
+                 activation separates the conditions.
 ``learned``      the seed method: K directions a shift module proposes, trained with a reconstructor that
                  must tell which direction and how far from (render, shifted render) and a discriminator
                  that keeps shifted renders realistic, through the sampler.
@@ -25,7 +29,7 @@ Methods
 Example
 -------
 >>> list_methods()
-['contrastive', 'discriminative', 'gradient', 'jacobian', 'learned', 'pca']
+['contrastive', 'discriminative', 'gradient', 'gradspan', 'jacobian', 'learned', 'pca', 'sparse']
 >>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
 """
 
