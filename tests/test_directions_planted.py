@@ -61,14 +61,14 @@ def test_discriminative_needs_conditions():
         get_method("discriminative")(_ctx(h, np.zeros(8, int)), 1)
 
 
-def _planted_sparse(n=160, seed=0, atoms=6, noise=0.05):
+def _planted_sparse(n=160, seed=0, atoms=6, noise=0.05, more_in=1):
     """h (n, S=4, *H_SHAPE) made of sparse non-negative codes on ``atoms`` orthonormal directions, plus noise.
-    Atom 0 fires in 5 % of the control and 40 % of the treated images; the others in 15 % of every image."""
+    Atom 0 fires in 40 % of the images of condition ``more_in`` and 5 % of the others; the rest in 15 % of every image."""
     rng = np.random.default_rng(seed)
     d = np.linalg.qr(rng.normal(size=(64, atoms)))[0].T  # (atoms, D)
     y = np.repeat([0, 1], n // 2)
     p = np.full((n, atoms), 0.15)
-    p[:, 0] = np.where(y == 1, 0.4, 0.05)
+    p[:, 0] = np.where(y == more_in, 0.4, 0.05)
     codes = rng.exponential(size=(n, atoms)) * (rng.random((n, atoms)) < p) * 3.0  # (n, atoms)
     steps = np.stack([codes @ d + noise * rng.normal(size=(n, 64)) for _ in range(4)], 1)  # (n, S, D)
     return torch.as_tensor(steps, dtype=torch.float32).view(n, 4, *H_SHAPE), y, d
@@ -85,7 +85,8 @@ def test_sparse_recovers_planted_atoms_and_ranks_the_condition_atom_first():
     vecs, names = get_method("sparse")(ctx, 12)
     cos = _unit_rows(vecs) @ d.T  # (k, atoms)
     assert cos[0, 0] >= 0.9, (names[0], cos[0])  # the condition atom first, pointing towards treated
-    assert "towards treated" in names[0] and not any("other conditions" in n for n in names)
+    assert names[0].startswith(("atom", )) and "towards treated (fires more in treated" in names[0]
+    assert not any("other conditions" in n for n in names)
     assert np.abs(cos[1:, 0]).max() < 0.9  # near-copies of the first atom are not offered again
     diag = ctx.diagnostics["sparse"]
     assert diag["loss_last"] < 0.5 * diag["loss_first"] and diag["explained_variance"] > 0.9
@@ -155,3 +156,63 @@ def test_gradspan_needs_conditions_and_gradients():
         get_method("gradspan")(ctx, 1)
     with pytest.raises(DiffexError, match="non-zero classifier gradients"):
         get_method("gradspan")(_ctx(h, y), 1)
+
+
+def test_sparse_candidates_point_towards_the_condition_they_name():
+    """The condition atom fires more in control: the candidate towards treated removes it (-d), and says so."""
+    h, y, d = _planted_sparse(more_in=0)
+    vecs, names = get_method("sparse")(_ctx(h, y), 3)
+    cos = _unit_rows(vecs) @ d.T
+    assert cos[0, 0] <= -0.9, (names[0], cos[0])
+    assert "towards treated (fires more in control" in names[0]
+    along = h.flatten(2).mean(1).double().numpy() @ _unit_rows(vecs)[0]  # each image's coordinate along the candidate
+    assert along[y == 1].mean() > along[y == 0].mean()  # it points towards treated, as named
+
+
+def test_sparse_with_three_conditions_names_the_condition_an_atom_separates():
+    h, y2, d = _planted_sparse(n=240)
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 80)
+    codes = rng.exponential(size=(240, 6)) * (rng.random((240, 6)) < 0.15) * 3.0
+    codes[:, 0] = rng.exponential(size=240) * (rng.random(240) < np.array([0.02, 0.2, 0.45])[y]) * 3.0  # fires most in "c"
+    steps = np.stack([codes @ d + 0.05 * rng.normal(size=(240, 64)) for _ in range(4)], 1)
+    ctx = _ctx(torch.as_tensor(steps, dtype=torch.float32).view(240, 4, *H_SHAPE), y)
+    ctx.class_names = ["a", "b", "c"]
+    vecs, names = get_method("sparse")(ctx, 3)
+    cos = _unit_rows(vecs) @ d.T
+    assert abs(cos[0, 0]) >= 0.9 and names[0].startswith("atom ") and " towards " in names[0], (names, cos[:, 0])
+    along = torch.as_tensor(steps).mean(1).double().numpy() @ _unit_rows(vecs)[0]
+    named = names[0].split(" towards ")[1].split(" ")[0]
+    means = {c: along[y == i].mean() for i, c in enumerate(ctx.class_names)}
+    assert named in ("a", "c") and means[named] == (max if named == "c" else min)(means.values())
+
+
+def test_sparse_refuses_h_that_does_not_vary_and_conditions_of_one_image():
+    h, y, _ = _planted_sparse(n=20)
+    with pytest.raises(DiffexError, match="h that varies"):
+        get_method("sparse")(_ctx(torch.ones_like(h), y), 2)
+    y1 = np.zeros(20, int)
+    y1[0] = 1
+    with pytest.raises(DiffexError, match="two images of each condition"):
+        get_method("sparse")(_ctx(h, y1), 2)
+
+
+def test_gradspan_uses_every_axis_of_the_span_even_the_weakest():
+    """u is the gradients' weakest of three axes: the rank choice must be able to reach 3, not only powers of two."""
+    h, y, u, nuis = _planted(seed=4)
+    rng = np.random.default_rng(5)
+    others = np.linalg.qr(np.column_stack([u, nuis, rng.normal(size=(64, 2))]))[0][:, 4:6]
+    coef = rng.normal(size=(24, 3)) * np.array([0.2, 3.0, 2.0])  # u weakest
+    ctx = _ctx(h, y)
+    ctx.grads = torch.as_tensor(coef @ np.column_stack([u, others]).T, dtype=torch.float32).view(24, *H_SHAPE)
+    from diffex.explain.directions.gradspan import gradient_axes
+    axes = gradient_axes(ctx.grads).numpy()
+    assert axes.shape[1] == 3 and abs(axes[:, 2] @ u) > 0.9  # the planted direction is the last axis
+    vecs, _ = get_method("gradspan")(ctx, 1)
+    assert _unit_rows(vecs)[0] @ u >= 0.9
+
+
+def test_changed_methods_carry_a_version_into_the_cache_key():
+    from diffex.explain.directions import method_versions
+    assert method_versions(["gradient", "pca", "sparse", "gradspan"]) == {"sparse": 2, "gradspan": 2}
+    assert method_versions(["gradient", "pca"]) == {}  # first versions leave existing cache keys as they were

@@ -189,8 +189,9 @@ def test_the_strength_zero_frame_is_the_reconstruction_and_is_not_rendered_again
     real_render, real_traversal = sampler.render_edits, describe.render_traversal
 
     def render_spy(dm, xt, offsets, spec, **kw):
-        calls.append((kw["scales"].clone(), dm, xt, spec))
-        return real_render(dm, xt, offsets, spec, **kw)
+        out = real_render(dm, xt, offsets, spec, **kw)
+        calls.append((kw["scales"].clone(), dm, xt, spec, out))
+        return out
 
     def traversal_spy(exp, inv, cands_key, cands, att, images, scales):
         before = len(calls)
@@ -206,6 +207,7 @@ def test_the_strength_zero_frame_is_the_reconstruction_and_is_not_rendered_again
         assert frames.shape[1] == 3 and np.all(scales[:, 1] == 0) and np.any(scales[:, [0, 2]] != 0)
         assert torch.equal(frames[:, 1], xrec)  # taken, not rendered
         assert len(rendered) == 1 and torch.equal(rendered[0][0], torch.as_tensor(scales[:, [0, 2]]))  # only the moved frames
-    _, dm, xt, spec = seen[0][3][0]
+        assert torch.equal(frames[:, [0, 2]], rendered[0][4])  # ... and they are what the traversal holds, in their columns
+    _, dm, xt, spec, _ = seen[0][3][0]
     zero = real_render(dm, xt, torch.zeros(1, *h_shape(dm)), spec, scales=torch.zeros(len(xt), 1))[:, 0]
     torch.testing.assert_close(zero, seen[0][1], atol=1e-5, rtol=0)

@@ -124,7 +124,7 @@ def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
     if not path.exists():
         direction = att.sign * cands.vectors[att.candidate : att.candidate + 1]  # (1, *h)
         moved = ~np.all(scales == 0, axis=0)  # (F,) frames with an offset for some image
-        frames = inv.xrec[images][:, None].repeat(1, scales.shape[1], 1, 1, 1)  # (n, F, C, H, W)
+        frames = inv.xrec[images].float()[:, None].repeat(1, scales.shape[1], 1, 1, 1)  # (n, F, C, H, W)
         with exp.counted("traversals"):
             frames[:, moved] = sampler.render_edits(exp.pair.dm, inv.xt[images], direction.expand(int(moved.sum()), *direction.shape[1:]),
                                                     cfg.sampler, batch_size=cfg.batch_size, scales=torch.as_tensor(scales[:, moved]))

@@ -23,7 +23,7 @@ from diffex.config import to_dict
 from diffex.data.dataset import stratified_indices
 from diffex.explain.cache import StageKey, cached, digest
 from diffex.explain.calibrate import Calibration, calibrate, coordinates, edit_steps
-from diffex.explain.directions import Candidates, DirectionContext, generate
+from diffex.explain.directions import Candidates, DirectionContext, generate, method_versions
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
 from diffex.explain.sensitivity import classifier_gradients, screen
@@ -101,6 +101,8 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     names = ["methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations"]
     names += ["learned_setting", "precision", "steps", "t_end", "t_edit"] if "learned" in cfg.methods else []
     settings = {k: to_dict(cfg)[k] for k in names}
+    if method_versions(list(cfg.methods)):
+        settings["method_versions"] = method_versions(list(cfg.methods))
     key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.selection),
                                   "settings": digest(settings), "edit_timesteps": digest(*edit_ts)})
 

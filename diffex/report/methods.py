@@ -43,9 +43,10 @@ def _training_text(r: Results) -> list[str]:
                    f"p = {ev['p_value']:.2g}).")
     sp = r.direction_training.get("sparse")
     if sp:
-        out.append(f"The sparse dictionary ({sp['atoms']} atoms, learned in the top {sp['components']} principal components of h, which "
-                   f"hold {100 * sp['components_variance']:.0f} % of its variance) reconstructs {100 * sp['explained_variance']:.0f} % of "
-                   f"the variance there with {sp['active_per_row']:.1f} active atoms per image and step on average.")
+        held = f", which hold {100 * sp['components_variance']:.0f} % of its variance" if "components_variance" in sp else ""
+        out.append(f"The sparse dictionary ({sp['atoms']} atoms, learned in the top {sp['components']} principal components of h{held}) "
+                   f"reconstructs {100 * sp['explained_variance']:.0f} % of the variance there with {sp['active_per_row']:.1f} active "
+                   "atoms per image and step on average.")
     return out
 
 

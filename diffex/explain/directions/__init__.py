@@ -14,6 +14,7 @@ from diffex.explain.directions.registry import (  # noqa: F401 - the package's p
     generate,
     get_method,
     list_methods,
+    method_versions,
     register,
 )
 

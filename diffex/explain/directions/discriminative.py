@@ -63,15 +63,17 @@ def lda_direction(x: torch.Tensor, y: np.ndarray, seed: int = 0, axes: torch.Ten
 
     Solved within the top-r principal components of x, r from :data:`RANKS` by 5-fold cross-validated
     AUC (the components refitted on each training fold; ties go to the smaller r). With ``axes``
-    (D, q), orthonormal columns ordered by importance, it is solved within their first r instead
-    (r <= q), so the direction lies in their span.
+    (D, q), orthonormal columns ordered by importance, it is solved within their first r instead,
+    r from the powers of two below q and q itself, so the direction lies in their span.
     """
     x, y = x.double().flatten(1), np.asarray(y, bool)
     if min(y.sum(), (~y).sum()) < 2:
         raise DiffexError("discriminative directions need at least two images of each condition")
     folds = np.random.default_rng(seed).permutation(len(y)) % FOLDS
-    limit = len(y) if axes is None else axes.shape[1] + 1
-    ranks = [r for r in RANKS if r < limit] or [1]
+    if axes is None:
+        ranks = [r for r in RANKS if r < len(y)] or [1]
+    else:  # every power of two below the span's size, and the whole span
+        ranks = sorted({r for r in RANKS if r < axes.shape[1]} | {axes.shape[1]})
 
     def basis_of(xs: torch.Tensor):
         return _basis(xs, max(ranks)) if axes is None else (xs.mean(0), axes.double())

@@ -43,7 +43,7 @@ def gradient_axes(grads: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     return vh[:q].T
 
 
-@register("gradspan")
+@register("gradspan", version=2)  # 2: the rank choice reaches every axis of the span
 def gradspan_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """Per target condition: per-step LDA within the gradient span, averaged over all, early and late edit steps."""
     axes = gradient_axes(ctx.grads)  # (D, q)

@@ -48,16 +48,27 @@ from diffex.models.hooks import mid_block_offset
 
 Generator = Callable[["DirectionContext", int], tuple[torch.Tensor, list[str]]]
 _REGISTRY: dict[str, Generator] = {}
+_VERSIONS: dict[str, int] = {}
 
 
-def register(name: str) -> Callable[[Generator], Generator]:
-    """Decorator adding a generator to the registry under ``name``."""
+def register(name: str, version: int = 1) -> Callable[[Generator], Generator]:
+    """Decorator adding a generator to the registry under ``name``.
+
+    ``version`` goes up when what the method returns for the same input changes (its vectors or
+    names), so that cached candidates of an earlier version are not reused.
+    """
 
     def wrap(fn: Generator) -> Generator:
         _REGISTRY[name] = fn
+        _VERSIONS[name] = version
         return fn
 
     return wrap
+
+
+def method_versions(methods: list[str]) -> dict[str, int]:
+    """The versions of ``methods`` above 1 (first versions add nothing, so existing cache keys stay valid)."""
+    return {m: _VERSIONS[m] for m in methods if _VERSIONS.get(m, 1) != 1}
 
 
 def list_methods() -> list[str]:

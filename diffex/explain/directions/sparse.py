@@ -4,14 +4,18 @@ The images' h at every edit step is centred per step and scaled per step to unit
 then projected onto its top r principal components (r = min(:data:`RANK`, rank of the data)). A
 sparse autoencoder with :data:`ATOMS_PER_DIM` x r unit-norm atoms, a ReLU encoder and an L1 penalty
 on the codes, is fitted to these rows (full-batch Adam, seeded, deterministic). Each atom is a
-direction d_j in h; an image's activation of it is its code averaged over the edit steps. With
-conditions, atoms are ranked by |AUC - 0.5| of that activation between the target condition and
-the rest, and signed so that the direction points towards the condition that activates the atom
-more; without them, by how much of the codes' energy they carry. Atoms that never fire are dropped,
-and so is an atom within |cos| 0.9 of a better-ranked one (dictionaries split a feature into near-copies).
+direction d_j in h; an image's activation of it is its code averaged over the edit steps.
 
-A continuous factor that varies either way around its mean is learned as two opposite atoms
-(+d, -d); the registry's merge keeps the first of such a pair.
+With conditions, each atom's activation is compared between one condition and the rest (AUC; with
+two conditions only the second against the first, since one direction serves both as its
+negative; with more, every condition against the rest, keeping the condition where |AUC - 0.5| is
+largest). Atoms are ranked by that |AUC - 0.5| and every candidate points *towards* its
+condition c: +d_j when c activates the atom more (adding the feature), -d_j when c activates it
+less (removing it). Names say both, e.g. ``atom 55 towards treated (fires more in control, AUC
+0.62, in 18 % of images)``. Without conditions atoms are ranked by how much of the codes' energy
+they carry. Atoms that never fire are dropped, and so is an atom within |cos| 0.9 of a
+better-ranked one (dictionaries split a feature into near-copies; a factor that varies either way
+around its mean is learned as a pair +d, -d, which is one candidate).
 
 Example
 -------
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffex.errors import DiffexError
 from diffex.explain.directions.discriminative import _auc
 from diffex.explain.directions.registry import DirectionContext, register
 
@@ -55,6 +60,7 @@ class SparseFit:
 
 
 def _normalize(w: torch.Tensor) -> torch.Tensor:
+    """Rows of w (m, D) scaled to unit norm."""
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -64,9 +70,22 @@ def fit_sparse_dictionary(x: torch.Tensor, atoms: int, seed: int = 0, l1: float 
     Parameters
     ----------
     x : Tensor (n, D)
-        Rows to encode; scaled so that their mean squared norm is about 1 (the L1 weight assumes it).
+        Rows to encode, with a mean squared norm of at most about 1 (the L1 weight is set for that
+        scale; ``sparse`` passes the share of the variance its components hold, 0.95 on the sample data).
     atoms : int
         Dictionary size m.
+    seed : int
+        Seeds the initial decoder (random unit rows; the encoder starts as its transpose).
+    l1 : float
+        Weight of the mean L1 norm of the codes in the loss.
+    iterations : int
+        Full-batch Adam steps (learning rate :data:`LR`), the decoder rows renormalized after each.
+
+    Returns
+    -------
+    SparseFit
+        The unit-norm atoms (m, D), the codes (n, m) of ``x``, the share of its variance the
+        reconstruction explains, the mean number of active codes per row and the loss per step.
     """
     x = x.double()
     g = torch.Generator().manual_seed(seed)
@@ -106,34 +125,39 @@ def _rows(ctx: DirectionContext) -> tuple[torch.Tensor, torch.Tensor, int, float
     h = h / h.pow(2).sum(2).mean(0).sqrt().clamp_min(1e-12)[None, :, None]  # unit mean squared norm per step
     flat = h.flatten(0, 1)  # (n*S', D)
     _, sv, vh = torch.linalg.svd(flat, full_matrices=False)
+    if not len(sv) or float(sv[0]) <= 1e-12:
+        raise DiffexError("the sparse method needs h that varies between the images; it is the same for all of them")
     r = int(min(RANK, (sv > sv[0] * 1e-8).sum()))
     return flat @ vh[:r].T, vh[:r].T, s, float((sv[:r] ** 2).sum() / (sv**2).sum())
 
 
 def _rank(ctx: DirectionContext, act: np.ndarray) -> tuple[list[int], list[float], list[str]]:
-    """Order, signs and descriptions of the live atoms; act (n, m) is each image's mean code."""
+    """Order, signs and descriptions of the live atoms; act (n, m) is each image's mean code (see the module docstring)."""
     live = np.flatnonzero(act.max(0) > 0)
     energy = (act**2).mean(0)
+    fires = (act > 0).mean(0)
     if ctx.labels is None or len(np.unique(ctx.labels)) < 2:
         order = sorted(live, key=lambda j: -energy[j])
         share = energy / max(energy.sum(), 1e-30)
         return order, [1.0] * len(order), [f"atom {j} ({share[j]:.0%} of the code energy)" for j in order]
     labels = np.asarray(ctx.labels)
-    present = np.unique(labels)
-    target = present[1]  # two conditions: one direction serves both (its negative)
-    y = labels == target
-    rest = ctx.class_names[int(present[0])] if len(present) == 2 else "the other conditions"
-    auc = {j: _auc(act[:, j], y) for j in live}
-    order = sorted(live, key=lambda j: (-abs(auc[j] - 0.5), -energy[j]))
-    signs = [1.0 if auc[j] >= 0.5 else -1.0 for j in order]
-    names = []
+    present = list(np.unique(labels))
+    if min(int((labels == c).sum()) for c in present) < 2:
+        raise DiffexError("the sparse method needs at least two images of each condition")
+    conds = present[1:] if len(present) == 2 else present
+    auc = {(j, c): _auc(act[:, j], labels == c) for j in live for c in conds}  # condition c against the rest
+    best = {j: max(conds, key=lambda c: abs(auc[j, c] - 0.5)) for j in live}  # ties: the first condition
+    order = sorted(live, key=lambda j: (-abs(auc[j, best[j]] - 0.5), -energy[j]))
+    signs, names = [], []
     for j in order:
-        towards = ctx.class_names[int(target)] if auc[j] >= 0.5 else rest
-        names.append(f"atom {j} towards {towards} (AUC {max(auc[j], 1 - auc[j]):.2f}, fires in {np.mean(act[:, j] > 0):.0%})")
+        c, a = best[j], auc[j, best[j]]
+        more = ctx.class_names[int(c)] if a >= 0.5 else (ctx.class_names[int(present[0])] if len(present) == 2 else "the other conditions")
+        signs.append(1.0 if a >= 0.5 else -1.0)  # towards c: add the feature c has more of, remove the one it has less of
+        names.append(f"atom {j} towards {ctx.class_names[int(c)]} (fires more in {more}, AUC {max(a, 1 - a):.2f}, in {fires[j]:.0%} of images)")
     return order, signs, names
 
 
-@register("sparse")
+@register("sparse", version=2)  # 2: candidates named towards the condition they point to
 def sparse_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """The k atoms of a sparse dictionary of h that best separate the conditions (or carry most code energy)."""
     rows, basis, s, held = _rows(ctx)  # (n*S', r), (D, r)
@@ -141,10 +165,12 @@ def sparse_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list
     act = fit.codes.view(ctx.h.shape[0], s, -1).mean(1).numpy()  # (n, m): each image's activation
     order, signs, names = _rank(ctx, act)
     picks = _distinct(fit.atoms, order, k)
+    if not picks:
+        raise DiffexError("the sparse method found no atom that fires on these images")
     vecs = torch.stack([signs[i] * (fit.atoms[order[i]] @ basis.T) for i in picks])  # (k, D)
-    ctx.diagnostics["sparse"] = {"components": rows.shape[1], "components_variance": held, "atoms": fit.atoms.shape[0], "live_atoms": int((act.max(0) > 0).sum()),
-                                 "explained_variance": fit.explained, "active_per_row": fit.active,
-                                 "loss_first": fit.loss[0], "loss_last": fit.loss[-1]}
+    ctx.diagnostics["sparse"] = {"components": rows.shape[1], "components_variance": held, "atoms": fit.atoms.shape[0],
+                                 "live_atoms": int((act.max(0) > 0).sum()), "explained_variance": fit.explained,
+                                 "active_per_row": fit.active, "loss_first": fit.loss[0], "loss_last": fit.loss[-1]}
     return vecs.float().view(len(vecs), *ctx.h_shape), [names[i] for i in picks]
 
 
