@@ -101,8 +101,9 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     names = ["methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations"]
     names += ["learned_setting", "precision", "steps", "t_end", "t_edit"] if "learned" in cfg.methods else []
     settings = {k: to_dict(cfg)[k] for k in names}
-    if method_versions(list(cfg.methods)):
-        settings["method_versions"] = method_versions(list(cfg.methods))
+    versions = method_versions(list(cfg.methods))
+    if versions:  # only changed methods: the keys of caches made before versions existed stay valid
+        settings["method_versions"] = versions
     key = StageKey("directions", {"gradients": grads.key.digest, "images": _images_digest(exp, inv.selection),
                                   "settings": digest(settings), "edit_timesteps": digest(*edit_ts)})
 
