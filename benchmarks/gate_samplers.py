@@ -9,7 +9,8 @@ learned distribution is right but whose ODE samples lose detail from one that ha
 data. It gates nothing: the gate stays on eta = 0.
 
 For a CT model it also compares the lesion readouts explain reports (:mod:`diffex.report.ct_morphology`:
-nodule diameter, mean density, solid share, and the share of patches where a lesion is found) of
+nodule diameter and area, mean density, solid share, and the share of patches where a lesion is found) and
+the share of each patch above the gate's Otsu threshold (nodule and vessels: what the gate's object area grows with) of
 the samples with the training patches', as differences in the readouts' own units.
 
 The training images and the held-out split come from the model's own record (``diffex.json``):
@@ -30,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from skimage.filters import threshold_otsu
 
 from diffex.data.dataset import image_name
 from diffex.errors import DiffexError
@@ -40,7 +43,12 @@ from diffex.models.quality import compare_statistics, image_statistics
 from diffex.models.sampler import sample
 from diffex.report.ct_morphology import hu_channel, measure_many_ct
 
-LESION_COLUMNS = ("Lesion_Found", "Lesion_Diameter_mm", "Lesion_MeanHU", "Lesion_SolidShare")
+LESION_COLUMNS = ("Lesion_Found", "Lesion_Diameter_mm", "Lesion_Area_mm2", "Lesion_MeanHU", "Lesion_SolidShare", "Otsu_ForegroundShare")
+
+
+def foreground_share(images: np.ndarray) -> np.ndarray:
+    """Per 2-D image (N, H, W): the share of its pixels above its Otsu threshold (the gate's mask; 0 for a flat image)."""
+    return np.array([float((im > threshold_otsu(im)).mean()) if im.max() > im.min() else 0.0 for im in images])
 
 
 def training_images(model: DiffusionModel, images: str | Path, axes: str | None = None):
@@ -60,7 +68,9 @@ def lesion_readouts(model: DiffusionModel, images) -> dict | None:
     """Lesion readouts of HU images (N, C, H, W) at the model's spacing; None for a model that is not CT."""
     ct = model.info.ct
     channel = hu_channel(ct["modality"], [(w["low"], w["high"]) for w in ct["windows"]]) if ct else None
-    return None if channel is None else measure_many_ct(images, ct["spacing_mm"], channel)
+    if channel is None:
+        return None
+    return {**measure_many_ct(images, ct["spacing_mm"], channel), "Otsu_ForegroundShare": foreground_share(images[:, channel])}
 
 
 def lesion_rows(model: DiffusionModel, ref, samples, data: dict | None = None) -> list[dict]:
@@ -72,7 +82,7 @@ def lesion_rows(model: DiffusionModel, ref, samples, data: dict | None = None) -
     rows = []
     for col in LESION_COLUMNS:
         d, m = data[col], made[col]
-        if col != "Lesion_Found":  # readouts of patches where a lesion was found
+        if col.startswith("Lesion_") and col != "Lesion_Found":  # readouts of patches where a lesion was found
             d, m = d[data["Lesion_Found"] > 0], m[made["Lesion_Found"] > 0]
         rows.append({"measure": col, "data_mean": float(d.mean()), "sample_mean": float(m.mean()),
                      "data_sd": float(d.std()), "sample_sd": float(m.std()), "mean_diff": float(m.mean() - d.mean())})

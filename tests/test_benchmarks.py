@@ -143,4 +143,7 @@ def test_gate_samplers_lesion_rows_on_disks_of_known_size():
     assert abs(rows["Lesion_Diameter_mm"]["data_mean"] - 2 * np.sqrt(80 * 0.64 / np.pi)) < 1e-9  # the 80-pixel disk: 8.07 mm
     assert abs(rows["Lesion_MeanHU"]["mean_diff"] - (-140.0)) < 1e-3
     assert rows["Lesion_SolidShare"]["data_mean"] == rows["Lesion_SolidShare"]["sample_mean"] == 1.0
+    assert rows["Lesion_Area_mm2"]["mean_diff"] == one[10.0]["Lesion_Area_mm2"] - one[8.0]["Lesion_Area_mm2"]
+    # a two-level image's Otsu mask is its bright disk: 80 of 1,024 pixels for 8 mm, 120 for 10 mm (pixel centres inside)
+    assert rows["Otsu_ForegroundShare"]["data_mean"] == 80 / 1024 and rows["Otsu_ForegroundShare"]["sample_mean"] == 120 / 1024
     assert bench.lesion_rows(SimpleNamespace(info=SimpleNamespace(ct=None)), disks(8, 40), disks(8, 40)) == []

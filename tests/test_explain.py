@@ -65,20 +65,22 @@ def test_gradient_matches_finite_differences(pair):
     torch.testing.assert_close(analytic, fd, atol=2e-3 + 0.05 * fd.abs().max().item(), rtol=0.05)
 
 
-@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "gradspan", "sparse", "learned"])
+@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "gradspan", "sparse", "readout", "steer", "learned"])
 def test_direction_methods_give_unit_vectors(pair, method, monkeypatch):
     from dataclasses import replace
 
     from diffex.explain.directions import DirectionContext, generate, learned
     from diffex.models.sampler import SamplerSpec
     from diffex.models.hooks import h_shape
+    from diffex.report.morphology import measure_many
 
     hs = h_shape(pair.dm)
     torch.manual_seed(0)
     ctx = DirectionContext(pair, torch.rand(6, 2, 16, 16) * 2 - 1, torch.randn(6, 3, *hs), torch.randn(6, *hs),
                            np.array([0, 1, 0, 1, 0, 1]), ["control", "treated"], np.array([333, 666, 999]), 5.0,
                            contrastive_iterations=2, probe_images=3, labels=np.array([0, 1, 0, 1, 0, 1]),
-                           xt=torch.randn(6, 2, 16, 16), sampler=SamplerSpec(steps=2, t_end=699))
+                           xt=torch.randn(6, 2, 16, 16), sampler=SamplerSpec(steps=2, t_end=699),
+                           readouts=lambda raw: measure_many(raw, ["DNA", "Actin"]))
     if method == "learned":
         monkeypatch.setitem(learned.PRESETS, "reduced", replace(learned.PRESETS["reduced"], iterations=2, batch=2, steps=2, eval_pairs=4))
     c = generate(ctx, [method], k=2)

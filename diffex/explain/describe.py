@@ -31,8 +31,9 @@ from diffex.explain.calibrate import frame_scales
 from diffex.explain.search import Calibrated
 from diffex.explain.select import EvaluationTable
 from diffex.models import sampler
-from diffex.report.ct_morphology import DESCRIBED, describe_ct, hu_channel, measure_many_ct
-from diffex.report.morphology import consistency, describe, measure_many, salient, trend
+from diffex.explain.readouts import lesion_channel, measurements
+from diffex.report.ct_morphology import DESCRIBED, describe_ct
+from diffex.report.morphology import consistency, describe, salient, trend
 from diffex.report.results import Attribute, ShownExample, Traversal, Trend
 from diffex.report.traversal import animated_gif, grid_png, safe_name, write_hyperstack
 
@@ -130,18 +131,6 @@ def render_traversal(exp: Experiment, inv: Inversions, cands_key: StageKey, cand
                                                     cfg.sampler, batch_size=cfg.batch_size, scales=torch.as_tensor(scales[:, moved]))
         save_tensors(path, {"frames": frames})
     return load_tensors(path)[0]["frames"]
-
-
-def lesion_channel(exp: Experiment) -> int | None:
-    """CT: the channel the lesion readouts use (None: microscopy, MR, or no window holding the lesion thresholds)."""
-    geo = exp.geometry
-    return None if geo is None else hu_channel(geo.modality, [(w.low, w.high) for w in geo.hu_windows])
-
-
-def measurements(exp: Experiment, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Readouts of raw (M, C, H, W) renders: for CT the lesion in HU and mm, else per-channel Otsu objects."""
-    ch = lesion_channel(exp)
-    return measure_many(images, exp.channel_names) if ch is None else measure_many_ct(images, exp.geometry.spacing_mm, ch)
 
 
 def describe_trends(exp: Experiment, trends: dict[str, Trend]) -> str:

@@ -26,6 +26,7 @@ from diffex.explain.calibrate import Calibration, calibrate, coordinates, edit_s
 from diffex.explain.directions import Candidates, DirectionContext, generate, method_versions
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
+from diffex.explain.readouts import measurements
 from diffex.explain.sensitivity import classifier_gradients, screen
 from diffex.models import sampler
 
@@ -100,6 +101,8 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     edit_ts = ts[ts >= cfg.t_edit]
     names = ["methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations"]
     names += ["learned_setting", "precision", "steps", "t_end", "t_edit"] if "learned" in cfg.methods else []
+    names += ["precision", "steps", "t_end", "t_edit", "mode"] if "steer" in cfg.methods else []  # it renders
+    names = list(dict.fromkeys(names))
     settings = {k: to_dict(cfg)[k] for k in names}
     versions = method_versions(list(cfg.methods))
     if versions:  # only changed methods: the keys of caches made before versions existed stay valid
@@ -113,7 +116,8 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
                                exp.class_names, edit_ts, inv.h_scale, seed=cfg.seed, contrastive_iterations=cfg.contrastive_iterations,
                                labels=exp.labels[inv.selection], xt=inv.xt[inv.selection], sampler=cfg.gradient_sampler,
                                learned_setting=cfg.learned_setting, cache=exp.cache, progress=progress,
-                               cache_inputs={"images": _images_digest(exp, inv.selection), "precision": cfg.precision})
+                               cache_inputs={"images": _images_digest(exp, inv.selection), "precision": cfg.precision},
+                               readouts=lambda raw: measurements(exp, raw), edit_sampler=cfg.sampler)
         with exp.counted("directions"):
             cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
         progress.advance(task)

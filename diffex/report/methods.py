@@ -23,6 +23,10 @@ METHOD_TEXT = {
     "discriminative": "per-step shrinkage linear discriminants between the conditions' real h, solved in cross-validated principal subspaces",
     "gradspan": "per-step shrinkage linear discriminants between the conditions' real h, solved within the span of the classifier's per-image gradients",
     "sparse": "atoms of a sparse dictionary (a sparse autoencoder) of h, ranked by how well their activations separate the conditions",
+    "readout": ("per measured readout that separates the conditions, its partial pattern in h (the ridge regression of each step's h "
+                "on all non-redundant readouts at once, so that the other readouts stay fixed)"),
+    "steer": ("per measured readout that separates the conditions, the h edit whose renders move it and hold the other readouts, "
+              "solved from the readouts' measured response to rendered edits along the leading principal axes of h"),
     "learned": ("directions learned without labels by a shift module trained jointly with a reconstructor (which must recover "
                 "the direction and the amount of a shift from the original and the shifted render) and a discriminator (which keeps "
                 "shifted renders realistic), by backpropagation through the sampler"),
@@ -47,6 +51,17 @@ def _training_text(r: Results) -> list[str]:
         out.append(f"The sparse dictionary ({sp['atoms']} atoms, learned in the top {sp['components']} principal components of h{held}) "
                    f"reconstructs {100 * sp['explained_variance']:.0f} % of the variance there with {sp['active_per_row']:.1f} active "
                    "atoms per image and step on average.")
+    ro = r.direction_training.get("readout")
+    if ro:
+        cov = ro["covariates"]
+        out.append(f"The readout directions were regressed on {ro['images']} selection images with {len(cov)} readouts as covariates "
+                   f"({', '.join(cov)}); each holds the others fixed.")
+    st = r.direction_training.get("steer")
+    if st:
+        leak = max((c["leak"] for c in st["candidates"]), default=0.0)
+        out.append(f"The steered directions were solved from {st['renders']} probe renders ({st['axes']} principal axes of h at "
+                   f"±{st['probe_sd']:g} SD on {st['probe_images']} selection images), holding {len(st['held'])} readouts; to first "
+                   f"order, no held readout moves by more than {100 * leak:.0f} % of the steered one.")
     return out
 
 

@@ -19,6 +19,10 @@ Methods
                  where the conditions differ *and* the classifier looks.
 ``sparse``       atoms of a sparse dictionary (sparse autoencoder) of h, ranked by how well each atom's
                  activation separates the conditions.
+``readout``      per measured readout (object size, intensity, ...; lesion mm and HU for CT) that separates the
+                 conditions, the pattern in h that moves it while the other readouts stay fixed (partial regression).
+``steer``        the same readouts, but from measured renders: the top principal axes of h are rendered, the readouts'
+                 response to each measured, and the edit that moves one readout and holds the others solved from it.
 ``learned``      the seed method: K directions a shift module proposes, trained with a reconstructor that
                  must tell which direction and how far from (render, shifted render) and a discriminator
                  that keeps shifted renders realistic, through the sampler.
@@ -29,7 +33,7 @@ Methods
 Example
 -------
 >>> list_methods()
-['contrastive', 'discriminative', 'gradient', 'gradspan', 'jacobian', 'learned', 'pca', 'sparse']
+['contrastive', 'discriminative', 'gradient', 'gradspan', 'jacobian', 'learned', 'pca', 'readout', 'sparse', 'steer']
 >>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
 """
 
@@ -105,6 +109,9 @@ class DirectionContext:
     cache_inputs : dict            digests of what those cached results depend on (images, models)
     diagnostics : dict             filled by methods: what their training did, by method name
     progress : Progress or None    where methods that train show a progress bar (``add_task``/``advance``)
+    readouts : callable or None    raw images (N, C, H, W) ndarray -> {readout name: (N,) values}, the experiment's
+                                   morphology readouts (``readout``, ``steer``)
+    edit_sampler : SamplerSpec or None  the sampler explain renders edits with (``steer`` measures its renders)
     """
 
     pair: object
@@ -126,6 +133,8 @@ class DirectionContext:
     cache_inputs: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
     progress: object = None
+    readouts: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+    edit_sampler: object = None
 
     @property
     def edit_steps(self) -> int:

@@ -1,0 +1,193 @@
+"""The ``readout`` direction method on tiny synthetic h with planted readout patterns."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffex.errors import DiffexError
+from diffex.explain.directions import DirectionContext, get_method
+from diffex.explain.directions.readout import normal_scores, partial_patterns
+from diffex.explain.directions.steer import steering_coordinates
+
+H_SHAPE = (16, 2, 2)  # D = 64
+
+
+def _planted(n=160, seed=0, flip=False):
+    """h (n, S=4, *H_SHAPE) carrying three readouts along orthonormal patterns u_a, u_b, u_c, plus strong noise.
+
+    Readouts a (d' 3) and b (d' 2) both differ between the conditions, so they are correlated over the pooled
+    images; c (a nuisance) does not. The readout table also has a noisy monotone copy of a, a constant and a
+    readout missing in most images."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(64, 6)))
+    u = q[:, :3].T  # (3, D): a, b, c
+    y = np.repeat([0, 1], n // 2)
+    z = rng.normal(size=(n, 3)) + np.outer(y, [3.0, 2.0, 0.0])  # (n, 3) readouts' true values
+    base = z @ (2.0 * u) + rng.normal(size=(n, 3)) @ (3.0 * q[:, 3:].T) + rng.normal(size=(n, 64))  # (n, D)
+    steps = np.stack([base + 0.3 * rng.normal(size=(n, 64)) for _ in range(4)], 1)  # (n, S, D)
+    missing = np.full(n, np.nan)
+    missing[:5] = 1.0
+    table = {"DNA_AreaShape_Area": 50 + 10 * z[:, 0], "Actin_Intensity_MeanIntensity": 0.3 + 0.05 * z[:, 1],
+             "DNA_AreaShape_Perimeter": np.exp(0.2 * (z[:, 0] + 0.3 * rng.normal(size=n))),
+             "DNA_AreaShape_Center_X": 16 + 2 * z[:, 2], "DNA_Count_Objects": np.ones(n), "DNA_Texture_Contrast": missing}
+    labels = 1 - y if flip else y
+    return torch.as_tensor(steps, dtype=torch.float32).view(n, 4, *H_SHAPE), labels, u, table
+
+
+def _ctx(h, labels, table):
+    """A context whose 'images' carry their index in pixel (0, 0, 0), so that the readouts can be looked up."""
+    x0 = torch.zeros(len(h), 1, 4, 4)
+    x0[:, 0, 0, 0] = torch.arange(len(h), dtype=torch.float32)
+
+    def readouts(raw):
+        idx = raw[:, 0, 0, 0].round().astype(int)
+        return {k: np.asarray(v)[idx] for k, v in table.items()}
+
+    return DirectionContext(SimpleNamespace(raw=lambda x: x), x0, h, torch.zeros(1, *H_SHAPE), np.zeros(1, int),
+                            ["control", "treated"], np.array([400, 500, 600]), 1.0, seed=0, labels=labels,
+                            readouts=None if table is None else readouts)
+
+
+def _unit(vecs):
+    flat = vecs.flatten(1).double().numpy()
+    return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+
+def test_readout_directions_each_move_one_readout_although_the_readouts_are_correlated():
+    h, y, u, table = _planted()
+    ctx = _ctx(h, y, table)
+    vecs, names = get_method("readout")(ctx, 3)
+    assert names == ["towards treated: DNA area higher (AUC 0.99)", "towards treated: Actin object intensity higher (AUC 0.91)",
+                     "towards treated: DNA x position higher (AUC 0.55)"]
+    cos = _unit(vecs) @ u.T  # (3 candidates, 3 patterns)
+    assert cos[0, 0] >= 0.9 and cos[1, 1] >= 0.9, cos  # each its own readout, pointing towards treated
+    assert abs(cos[0, 1]) < 0.2 and abs(cos[1, 0]) < 0.2, cos  # and not the other readout
+    assert abs(cos[2, 2]) >= 0.9, cos  # the nuisance readout, which does not separate the conditions, comes last
+    # power: along the conditions' mean difference of h the two readouts are mixed, so specificity is not free
+    diff = (h[y == 1].mean(0) - h[y == 0].mean(0)).mean(0).flatten().double().numpy()
+    mixed = np.abs(u @ diff / np.linalg.norm(diff))
+    assert mixed[0] > 0.5 and mixed[1] > 0.4, mixed
+    # the copy of the area, the constant and the mostly missing readout are not covariates
+    assert ctx.diagnostics["readout"]["covariates"] == ["DNA_AreaShape_Area", "Actin_Intensity_MeanIntensity", "DNA_AreaShape_Center_X"]
+    auc = ctx.diagnostics["readout"]["candidates"][0]["auc"]
+    a = table["DNA_AreaShape_Area"]
+    assert auc == pytest.approx(float((a[y == 1][:, None] > a[y == 0][None]).mean()), abs=1e-4)  # brute-force AUC
+
+
+def test_readout_candidates_point_towards_the_condition_they_name():
+    h, y, u, table = _planted(flip=True)  # now the area is lower in treated
+    vecs, names = get_method("readout")(_ctx(h, y, table), 2)
+    assert names[0].startswith("towards treated: DNA area lower (AUC 0.0")
+    assert (_unit(vecs) @ u.T)[0, 0] <= -0.9  # the area goes down, towards treated
+
+
+def test_partial_patterns_equal_a_brute_force_ridge_regression_in_the_full_space():
+    rng = np.random.default_rng(3)
+    n, d, p = 40, 12, 3
+    h = torch.as_tensor(rng.normal(size=(n, 2, d)))  # n > d: the principal basis spans all of h
+    z = normal_scores(rng.normal(size=(n, p)) ** 3)
+    got = partial_patterns(h, z, rank=64).numpy()
+    want = np.zeros((p, d))
+    for s in range(2):
+        x = h[:, s].numpy() - h[:, s].numpy().mean(0)
+        b = np.linalg.inv(z.T @ z / n + 0.1 * np.eye(p)) @ z.T @ x / n  # (p, d)
+        want += b / np.linalg.norm(b, axis=1, keepdims=True)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def test_normal_scores_are_rank_based_and_standard():
+    s = normal_scores(np.array([[1.0], [100.0], [2.0], [3.0]]))[:, 0]
+    np.testing.assert_allclose(s, [-1.150349, 1.150349, -0.318639, 0.318639], atol=1e-6)  # Φ⁻¹(1/8, 7/8, 3/8, 5/8)
+
+
+def test_readout_method_refuses_what_it_cannot_use():
+    h, y, _, table = _planted(n=20)
+    with pytest.raises(DiffexError, match="needs the conditions"):
+        get_method("readout")(_ctx(h, None, table), 1)
+    with pytest.raises(DiffexError, match="readouts"):
+        get_method("readout")(_ctx(h, y, None), 1)
+    with pytest.raises(DiffexError, match="no readout that varies"):
+        get_method("readout")(_ctx(h, y, {"DNA_Count_Objects": np.ones(20)}), 1)
+    with pytest.raises(DiffexError, match="two images of each"):
+        get_method("readout")(_ctx(h, np.r_[1, np.zeros(19, int)], table), 1)
+
+
+def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    """An explain run with ``--method readout --method steer``: candidates, covariates and methods sentences reach results.json and the report."""
+    import json
+    from dataclasses import replace
+
+    from test_explain import TINY
+
+    from diffex.explain import explain
+
+    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, methods=("readout", "steer")),
+                  device="cpu", show_progress=False)
+    r = json.loads((res.out / "results.json").read_text())
+    ro = r["direction_training"]["readout"]
+    names = [c["name"] for c in r["candidates"] if c["name"].startswith("readout:")]
+    assert names and all(n.startswith("readout:towards ") for n in names)
+    st = r["direction_training"]["steer"]
+    assert st["renders"] == 2 * st["axes"] * st["probe_images"] and st["held"] and all(c.startswith(("DNA_", "Actin_")) for c in st["held"])
+    assert [c["readout"] for c in ro["candidates"]][: len(names)] == ro["covariates"][: len(names)]
+    assert all(c.startswith(("DNA_", "Actin_")) for c in ro["covariates"])
+    html = (res.out / "report.html").read_text()
+    assert f"with {len(ro['covariates'])} readouts as covariates" in html
+    assert f"The steered directions were solved from {st['renders']} probe renders" in html
+
+
+def _steer_world(n=40, seed=0):
+    """h with its variance in a 10-dimensional subspace, and a linear 'renderer' whose 3 readouts respond to an edit
+    through a mixing matrix M (3, D) within that subspace: readout j's gradient M[j] moves the other readouts too."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(64, 10)))[0]  # (D, 10)
+    h = rng.normal(size=(n, 3, 10)) * np.linspace(4, 1, 10) @ basis.T + 0.05 * rng.normal(size=(n, 3, 64))  # (n, S, D)
+    mix = np.array([[1.0, 0.6, 0.0], [0.5, 1.0, 0.4], [0.0, 0.5, 1.0]])  # correlated responses
+    m = mix @ rng.normal(size=(3, 10)) @ basis.T  # (3, D)
+    y = np.repeat([0, 1], n // 2)
+    base = rng.normal(size=(n, 3)) + np.outer(y, [2.0, 1.0, 0.2])  # readouts of the reconstructions
+    return torch.as_tensor(h, dtype=torch.float32).view(n, 3, *H_SHAPE), y, m, base
+
+
+def test_steer_inverts_the_measured_responses_so_that_one_readout_moves_alone(monkeypatch):
+    from diffex.explain.directions import steer
+
+    h, y, m, base = _steer_world()
+    names = ["DNA_AreaShape_Area", "Actin_Intensity_MeanIntensity", "DNA_AreaShape_Eccentricity"]
+
+    def render(dm, xt, offsets, spec, batch_size=32, scales=None):  # image i under offset e: its readouts + M offset
+        moved = offsets.flatten(1).double().numpy() @ m.T  # (E, 3)
+        return torch.as_tensor(xt.double().numpy()[:, None, 0, 0, :] + moved[None])[:, :, None, None]  # (n, E, 1, 1, 3)
+
+    monkeypatch.setattr(steer.sampler, "render_edits", render)
+    x0 = torch.as_tensor(base[:, None, None], dtype=torch.float32)  # (n, 1, 1, 3): the reconstructions carry their readouts
+    ctx = DirectionContext(SimpleNamespace(raw=lambda x: x, dm=SimpleNamespace(device="cpu")), x0, h, torch.zeros(1, *H_SHAPE),
+                           np.zeros(1, int), ["control", "treated"], np.array([400, 500, 600]), 1.0, seed=0, labels=y,
+                           xt=x0, readouts=lambda raw: {k: raw[:, 0, 0, j] for j, k in enumerate(names)})
+    vecs, out = get_method("steer")(ctx, 3)
+    assert [o.split(",")[0] for o in out] == ["towards treated: DNA area higher", "towards treated: Actin object intensity higher",
+                                              "towards treated: DNA eccentricity higher"]
+    effect = vecs.flatten(1).double().numpy() @ m.T  # (3 edits, 3 readouts): what each edit does to the readouts
+    spread = (np.percentile(base, 75, axis=0) - np.percentile(base, 25, axis=0)) / 1.349
+    effect = effect / spread  # in each readout's SDs, as the method balances them
+    for j in range(3):
+        assert effect[j, j] > 0 and np.delete(np.abs(effect[j]), j).max() < 0.05 * effect[j, j], effect
+    leak = [c["leak"] for c in ctx.diagnostics["steer"]["candidates"]]
+    assert max(leak) < 0.05 and ctx.diagnostics["steer"]["renders"] == 2 * 16 * 12
+    # power: the readout's own gradient direction M[j] moves the others by a large share
+    naive = (m @ m.T) / spread
+    assert max(np.delete(np.abs(naive[j]), j).max() / naive[j, j] for j in range(3)) > 0.3
+
+
+def test_steering_coordinates_approach_the_exact_minimum_norm_solution():
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(10, 4))
+    a = steering_coordinates(r)  # (4, 10)
+    exact = np.linalg.pinv(r.T)  # (10, 4): min-norm a with rᵀ a = e_j, column j
+    np.testing.assert_allclose(a @ r, np.eye(4), atol=0.05)
+    assert np.abs(a.T - exact).max() < 0.05 * np.abs(exact).max()
