@@ -154,34 +154,66 @@ def _steer_world(n=40, seed=0):
     return torch.as_tensor(h, dtype=torch.float32).view(n, 3, *H_SHAPE), y, m, base
 
 
-def test_steer_inverts_the_measured_responses_so_that_one_readout_moves_alone(monkeypatch):
+def _steer_ctx(monkeypatch, y, m, base, h, names):
     from diffex.explain.directions import steer
 
-    h, y, m, base = _steer_world()
-    names = ["DNA_AreaShape_Area", "Actin_Intensity_MeanIntensity", "DNA_AreaShape_Eccentricity"]
-
     def render(dm, xt, offsets, spec, batch_size=32, scales=None):  # image i under offset e: its readouts + M offset
-        moved = offsets.flatten(1).double().numpy() @ m.T  # (E, 3)
-        return torch.as_tensor(xt.double().numpy()[:, None, 0, 0, :] + moved[None])[:, :, None, None]  # (n, E, 1, 1, 3)
+        moved = offsets.flatten(1).double().numpy() @ m.T  # (E, p)
+        return torch.as_tensor(xt.double().numpy()[:, None, 0, 0, :] + moved[None])[:, :, None, None]  # (n, E, 1, 1, p)
 
     monkeypatch.setattr(steer.sampler, "render_edits", render)
-    x0 = torch.as_tensor(base[:, None, None], dtype=torch.float32)  # (n, 1, 1, 3): the reconstructions carry their readouts
-    ctx = DirectionContext(SimpleNamespace(raw=lambda x: x, dm=SimpleNamespace(device="cpu")), x0, h, torch.zeros(1, *H_SHAPE),
-                           np.zeros(1, int), ["control", "treated"], np.array([400, 500, 600]), 1.0, seed=0, labels=y,
-                           xt=x0, readouts=lambda raw: {k: raw[:, 0, 0, j] for j, k in enumerate(names)})
+    x0 = torch.as_tensor(base[:, None, None], dtype=torch.float32)  # (n, 1, 1, p): the reconstructions carry their readouts
+    return DirectionContext(SimpleNamespace(raw=lambda x: x, dm=SimpleNamespace(device="cpu")), x0, h, torch.zeros(1, *H_SHAPE),
+                            np.zeros(1, int), ["control", "treated"], np.array([400, 500, 600]), 1.0, seed=0, labels=y,
+                            xt=x0, readouts=lambda raw: {k: raw[:, 0, 0, j] for j, k in enumerate(names)})
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_steer_inverts_the_measured_responses_so_that_one_readout_moves_alone(monkeypatch, flip):
+    h, y, m, base = _steer_world()
+    order = [2, 0, 1]  # the readout table starts with the one that separates least, so that held order != table order
+    m, base = m[order], base[:, order]
+    names = ["DNA_AreaShape_Eccentricity", "DNA_AreaShape_Area", "Actin_Intensity_MeanIntensity"]
+    ctx = _steer_ctx(monkeypatch, 1 - y if flip else y, m, base, h, names)
     vecs, out = get_method("steer")(ctx, 3)
-    assert [o.split(",")[0] for o in out] == ["towards treated: DNA area higher", "towards treated: Actin object intensity higher",
-                                              "towards treated: DNA eccentricity higher"]
-    effect = vecs.flatten(1).double().numpy() @ m.T  # (3 edits, 3 readouts): what each edit does to the readouts
-    spread = (np.percentile(base, 75, axis=0) - np.percentile(base, 25, axis=0)) / 1.349
-    effect = effect / spread  # in each readout's SDs, as the method balances them
-    for j in range(3):
-        assert effect[j, j] > 0 and np.delete(np.abs(effect[j]), j).max() < 0.05 * effect[j, j], effect
+    word = "lower" if flip else "higher"
+    assert [o.split(",")[0] for o in out] == [f"towards treated: DNA area {word}", f"towards treated: Actin object intensity {word}",
+                                              f"towards treated: DNA eccentricity {word}"]
+    assert ctx.diagnostics["steer"]["held"] == [names[1], names[2], names[0]]
+    spread = np.maximum((np.percentile(base, 75, axis=0) - np.percentile(base, 25, axis=0)) / 1.349, base.std(0))
+    effect = vecs.flatten(1).double().numpy() @ m.T / spread  # (3 edits, 3 table columns) in each readout's SDs
+    for i, col in enumerate([1, 2, 0]):
+        own = -effect[i, col] if flip else effect[i, col]  # towards treated: up, or down when treated is lower
+        assert own > 0 and np.delete(np.abs(effect[i]), col).max() < 0.05 * own, effect
     leak = [c["leak"] for c in ctx.diagnostics["steer"]["candidates"]]
-    assert max(leak) < 0.05 and ctx.diagnostics["steer"]["renders"] == 2 * 16 * 12
-    # power: the readout's own gradient direction M[j] moves the others by a large share
+    assert max(leak) < 0.05 and ctx.diagnostics["steer"]["renders"] == 2 * 16 * 12  # noiseless: both halves agree
+    # setup check: each readout's own gradient direction M[j] moves the others by a large share
     naive = (m @ m.T) / spread
     assert max(np.delete(np.abs(naive[j]), j).max() / naive[j, j] for j in range(3)) > 0.3
+
+
+def test_steer_keeps_readouts_whose_values_mostly_tie_and_refuses_unmoved_renders(monkeypatch):
+    h, y, m, base = _steer_world()
+    base[:, 2] = np.where(np.arange(len(base)) % 10 == 0, 0.5, 1.0)  # a share that is 1 in 90 % of the images: IQR 0
+    names = ["DNA_AreaShape_Area", "Actin_Intensity_MeanIntensity", "DNA_AreaShape_Solidity"]
+    ctx = _steer_ctx(monkeypatch, y, m, base, h, names)
+    get_method("steer")(ctx, 3)
+    assert "DNA_AreaShape_Solidity" in ctx.diagnostics["steer"]["held"]
+    with pytest.raises(DiffexError, match="moved none of the readouts"):
+        get_method("steer")(_steer_ctx(monkeypatch, y, 0 * m, base, h, names), 3)
+
+
+def test_cross_fitted_leak_sees_what_the_in_sample_fit_hides():
+    from diffex.explain.directions.steer import cross_fitted_leak
+
+    rng = np.random.default_rng(2)
+    r = rng.normal(size=(16, 3))
+    same = np.repeat(r[None], 6, axis=0)  # (n, q, p): every image responds alike
+    pred = steering_coordinates(r) @ r
+    want = [np.delete(np.abs(pred[j]), j).max() / abs(pred[j, j]) for j in range(3)]  # brute force, in sample
+    np.testing.assert_allclose(cross_fitted_leak(same), want, rtol=1e-9)
+    noisy = same + np.where(np.arange(6)[:, None, None] % 2 == 1, rng.normal(size=(6, 16, 3)), 0.0)  # the test half differs
+    assert cross_fitted_leak(noisy).max() > 10 * max(want)
 
 
 def test_steering_coordinates_approach_the_exact_minimum_norm_solution():

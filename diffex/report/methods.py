@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path  # noqa: F401 - used in the example
 
 from diffex.report.ct_view import lesion_readouts
+from diffex.report.morphology import measurement_label
 from diffex.report.results import Results
 
 METHOD_TEXT = {
@@ -53,15 +54,16 @@ def _training_text(r: Results) -> list[str]:
                    "atoms per image and step on average.")
     ro = r.direction_training.get("readout")
     if ro:
-        cov = ro["covariates"]
+        cov = [measurement_label(c) for c in ro["covariates"]]
         out.append(f"The readout directions were regressed on {ro['images']} selection images with {len(cov)} readouts as covariates "
-                   f"({', '.join(cov)}); each holds the others fixed.")
+                   f"({', '.join(cov)}), so that across the real images each pattern holds the other readouts fixed.")
     st = r.direction_training.get("steer")
     if st:
-        leak = max((c["leak"] for c in st["candidates"]), default=0.0)
+        leaks = [c["leak"] for c in st["candidates"] if c.get("leak") is not None]
+        leak = (f"; solved on half of the probe images and measured on the other half, another held readout moved by up to "
+                f"{100 * max(leaks):.0f} % of the steered one") if leaks else ""
         out.append(f"The steered directions were solved from {st['renders']} probe renders ({st['axes']} principal axes of h at "
-                   f"±{st['probe_sd']:g} SD on {st['probe_images']} selection images), holding {len(st['held'])} readouts; to first "
-                   f"order, no held readout moves by more than {100 * leak:.0f} % of the steered one.")
+                   f"±{st['probe_sd']:g} SD on {st['probe_images']} selection images), holding {len(st['held'])} readouts{leak}.")
     return out
 
 

@@ -109,18 +109,25 @@ def partial_patterns(h: torch.Tensor, z: np.ndarray, rank: int = RANK) -> torch.
     return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-@register("readout")
-def readout_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
-    """The partial h patterns of the k measured readouts that best separate the conditions, each towards the condition where it is higher."""
+def measured_selection(ctx: DirectionContext, method: str) -> tuple[np.ndarray, list[int], list[str], np.ndarray]:
+    """The selection images' conditions (n,), the conditions present, and their usable readouts (names, (n, p)),
+    with a clear error for what ``method`` cannot use."""
     if ctx.labels is None or ctx.readouts is None:
-        raise DiffexError("the readout method needs the conditions of the images and their readouts")
+        raise DiffexError(f"the {method} method needs the conditions of the images and their readouts")
     labels = np.asarray(ctx.labels)
     present = [int(c) for c in np.unique(labels)]
     if len(present) < 2 or min((labels == c).sum() for c in present) < 2:
-        raise DiffexError("the readout method needs at least two images of each of two conditions")
+        raise DiffexError(f"the {method} method needs at least two images of each of two conditions")
     names, values = usable(ctx.readouts(ctx.pair.raw(ctx.x0.float()).cpu().numpy()))
     if not names:
-        raise DiffexError("the readout method found no readout that varies between the images")
+        raise DiffexError(f"the {method} method found no readout that varies between the images")
+    return labels, present, names, values
+
+
+@register("readout")
+def readout_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
+    """The partial h patterns of the k measured readouts that best separate the conditions, each towards the condition where it is higher."""
+    labels, present, names, values = measured_selection(ctx, "readout")
     targets = present[1:] if len(present) == 2 else present  # two conditions: one direction serves both (its negative)
     tgt, auc = separation(values, labels, targets)
     keep = distinct(values, np.argsort(-np.abs(auc - 0.5), kind="stable"))

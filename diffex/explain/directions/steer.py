@@ -7,7 +7,8 @@ measures what edits do instead, then inverts it:
 
 1. The readouts and their order are those of ``readout`` (:func:`~diffex.explain.directions.readout.usable`,
    ordered by |AUC − 0.5| between the conditions, near-copies dropped); each is expressed in units
-   of its robust SD over the selection images (IQR / 1.349).
+   of its SD over the selection images (IQR / 1.349, or the plain SD where that is larger, as for
+   shares and counts whose values mostly tie).
 2. **Response.** The top q principal axes v_i of h (per-step centred, over the edit steps; sd_i the
    real images' SD along each) are each rendered at ±:data:`PROBE_SD` sd_i on :data:`PROBE_IMAGES`
    selection images with explain's own sampler. R[i, j] is the median over those images of the
@@ -18,9 +19,11 @@ measures what edits do instead, then inverts it:
    Σ_i a_i sd_i v_i, made unit norm and pointing towards the condition the readout separates
    best (with two conditions, the second): towards higher readout values if they are higher there.
 
-To first order in the edit, the predicted change of the readouts along the direction is Rᵀa; its
-share outside readout j (``leak``, recorded in ``results.json`` → ``direction_training.steer``) is
-the method's own estimate of how specific the attribute is. Like ``readout`` it finds only what a
+Solved and checked on the same R, the edit is specific by construction. ``leak`` (in
+``results.json`` → ``direction_training.steer``) is therefore cross-fitted: the edit solved from
+half of the probe images, its first-order effect measured with the other half's R, the largest
+change of another readout as a share of the steered one's. A readout the renders do not move at
+all gives no candidate. Like ``readout`` it finds only what a
 readout names. It costs 2 q × :data:`PROBE_IMAGES` renders.
 
 Example
@@ -36,11 +39,13 @@ array([[ 1.,  0.,  0.],
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from diffex.errors import DiffexError
-from diffex.explain.directions.readout import distinct, separation, usable
+from diffex.explain.directions.readout import distinct, measured_selection, separation
 from diffex.explain.directions.registry import DirectionContext, register
 from diffex.models import sampler
 from diffex.report.morphology import measurement_label
@@ -80,7 +85,7 @@ def _probe_images(labels: np.ndarray, seed: int) -> np.ndarray:
 
 def response_matrix(ctx: DirectionContext, axes: torch.Tensor, sd: torch.Tensor, names: list[str], scale: np.ndarray,
                     images: np.ndarray) -> np.ndarray:
-    """R (q, p): median over ``images`` of each readout's change (in its SDs) per SD along each axis, by central differences."""
+    """Per probe image, each readout's change (in its SDs) per SD along each axis, by central differences: (n, q, p)."""
     spec = ctx.edit_sampler or ctx.sampler or sampler.SamplerSpec()
     offsets = torch.cat([axes * sd[:, None], -axes * sd[:, None]]).float() * PROBE_SD  # (2q, D): +, then -
     offsets = offsets.view(len(offsets), *ctx.h_shape).to(ctx.pair.dm.device)
@@ -90,26 +95,37 @@ def response_matrix(ctx: DirectionContext, axes: torch.Tensor, sd: torch.Tensor,
     meas = ctx.readouts(raw)
     vals = np.stack([np.asarray(meas[m], np.float64).reshape(len(images), -1) for m in names], -1) / scale  # (n, 2q, p)
     q = len(axes)
-    diff = (vals[:, :q] - vals[:, q:]) / (2 * PROBE_SD)  # (n, q, p) per SD of the axis
-    r = np.nanmedian(diff, axis=0)  # (q, p)
+    return (vals[:, :q] - vals[:, q:]) / (2 * PROBE_SD)  # (n, q, p) per SD of the axis
+
+
+def median_response(diff: np.ndarray) -> np.ndarray:
+    """R (q, p): the median over images of per-image responses (n, q, p); 0 where no image has a value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: 0 below
+        r = np.nanmedian(diff, axis=0)
     return np.where(np.isfinite(r), r, 0.0)
+
+
+def cross_fitted_leak(diff: np.ndarray) -> np.ndarray:
+    """Per readout j (p,): the edit solved from half of the probe images (even rows), its response measured on the
+    other half (odd rows): the largest |change| of another readout as a share of readout j's own change (NaN: no
+    own change). The in-sample prediction would be about the identity by construction; this one sees the noise."""
+    fit, test = median_response(diff[0::2]), median_response(diff[1::2])
+    pred = steering_coordinates(fit) @ test  # (p, p)
+    own = np.abs(np.diag(pred))
+    other = np.abs(pred - np.diag(np.diag(pred))).max(1) if len(pred) > 1 else np.zeros(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(own > 0, other / own, np.nan)
 
 
 @register("steer")
 def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """Edits whose measured renders move one separating readout and hold the others, towards the condition it names."""
-    if ctx.labels is None or ctx.readouts is None or ctx.xt is None:
-        raise DiffexError("the steer method needs the conditions of the images, their readouts and their inversions")
-    labels = np.asarray(ctx.labels)
-    present = [int(c) for c in np.unique(labels)]
-    if len(present) < 2 or min((labels == c).sum() for c in present) < 2:
-        raise DiffexError("the steer method needs at least two images of each of two conditions")
-    names, values = usable(ctx.readouts(ctx.pair.raw(ctx.x0.float()).cpu().numpy()))
-    q75, q25 = np.percentile(values, [75, 25], axis=0) if names else (np.zeros(0), np.zeros(0))
-    spread = (q75 - q25) / 1.349
-    names, values, spread = [n for n, s in zip(names, spread) if s > 0], values[:, spread > 0], spread[spread > 0]
-    if not names:
-        raise DiffexError("the steer method found no readout that varies between the images")
+    if ctx.xt is None:
+        raise DiffexError("the steer method needs the images' inversions")
+    labels, present, names, values = measured_selection(ctx, "steer")
+    q75, q25 = np.percentile(values, [75, 25], axis=0)
+    spread = np.maximum((q75 - q25) / 1.349, values.std(0))  # robust SD, or the SD where most values tie (a share, a count)
     targets = present[1:] if len(present) == 2 else present
     tgt, auc = separation(values, labels, targets)
     keep = distinct(values, np.argsort(-np.abs(auc - 0.5), kind="stable"))
@@ -117,19 +133,26 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
     axes, sd = principal_axes(ctx.h[:, :steps], AXES)  # (q, D), (q,)
     images = _probe_images(labels, ctx.seed)
     held = [names[j] for j in keep]
-    resp = response_matrix(ctx, axes, sd, held, spread[keep], images)  # (q, p)
+    diff = response_matrix(ctx, axes, sd, held, spread[keep], images)  # (n, q, p)
+    resp = median_response(diff)  # (q, p)
     coords = steering_coordinates(resp)  # (p, q)
-    predicted = coords @ resp  # (p, p): row j, the first-order change of every held readout along edit j
+    own = np.abs(np.einsum("pq,qp->p", coords, resp))  # (p,) first-order change of each steered readout
+    leak = cross_fitted_leak(diff) if len(images) >= 2 else np.full(len(held), np.nan)
     vecs, out_names, rows = [], [], []
-    for i, j in enumerate(keep[:k]):
+    for i, j in enumerate(keep):
+        if len(vecs) == k:
+            break
+        if own[i] < 1e-9:  # the renders do not move this readout at all: no edit can steer it
+            continue
         higher = auc[j] >= 0.5
         d = torch.as_tensor(coords[i] * sd.numpy()) @ axes  # (D,)
         vecs.append((1.0 if higher else -1.0) * d / d.norm().clamp_min(1e-12))
         out_names.append(f"towards {ctx.class_names[int(tgt[j])]}: {measurement_label(names[j])} {'higher' if higher else 'lower'}, "
                          f"others held (AUC {auc[j]:.2f})")
-        own, other = abs(predicted[i, i]), np.delete(np.abs(predicted[i]), i)
         rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])],
-                     "leak": round(float(other.max() / own), 4) if len(other) and own > 0 else 0.0})
+                     "leak": None if not np.isfinite(leak[i]) else round(float(leak[i]), 4)})
+    if not vecs:
+        raise DiffexError("the steer method's probe renders moved none of the readouts; no edit can be solved for")
     ctx.diagnostics["steer"] = {"held": held, "candidates": rows, "axes": int(len(axes)), "probe_images": int(len(images)),
                                 "probe_sd": PROBE_SD, "renders": int(2 * len(axes) * len(images))}
     out = torch.stack(vecs)
