@@ -45,6 +45,8 @@ import numpy as np
 import torch
 
 from diffex.errors import DiffexError
+from diffex.explain.calibrate import coordinates
+from diffex.explain.directions.pca import principal_axes
 from diffex.explain.directions.readout import distinct, measured_selection, separation
 from diffex.explain.directions.registry import DirectionContext, register
 from diffex.models import sampler
@@ -62,17 +64,6 @@ def steering_coordinates(response: np.ndarray) -> np.ndarray:
     gram = r.T @ r  # (p, p)
     lam = RIDGE * max(np.trace(gram) / len(gram), 1e-12)
     return np.linalg.solve(gram + lam * np.eye(len(gram)), r.T)  # (p, q): row j is (R (RᵀR + λI)⁻¹ e_j)ᵀ
-
-
-def principal_axes(h: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-q principal axes (q, D) of h (N, S, *h_shape), centred per step, and the SD (q,) of the images'
-    coordinates along each (averaged over the steps, as explain's calibration measures them)."""
-    x = h.double().flatten(2)  # (N, S, D)
-    centred = x - x.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred.flatten(0, 1), full_matrices=False)
-    axes = vh[: min(q, vh.shape[0])]  # (q, D)
-    coords = (centred @ axes.T).mean(1)  # (N, q)
-    return axes, coords.std(0).clamp_min(1e-12)
 
 
 def _probe_images(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -130,7 +121,9 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
     tgt, auc = separation(values, labels, targets)
     keep = distinct(values, np.argsort(-np.abs(auc - 0.5), kind="stable"))
     steps = max(1, min(ctx.edit_steps, ctx.h.shape[1]))
-    axes, sd = principal_axes(ctx.h[:, :steps], AXES)  # (q, D), (q,)
+    axes, _ = principal_axes(ctx.h[:, :steps], AXES)  # (q, D)
+    coords_real = coordinates(ctx.h[:, :steps], axes.view(len(axes), *ctx.h_shape))  # (N, q), as explain calibrates
+    sd = torch.as_tensor(coords_real.std(0, ddof=1), dtype=torch.float64).clamp_min(1e-12)  # (q,)
     images = _probe_images(labels, ctx.seed)
     held = [names[j] for j in keep]
     diff = response_matrix(ctx, axes, sd, held, spread[keep], images)  # (n, q, p)
