@@ -272,7 +272,7 @@ def explain_cmd(
     diffusion: Annotated[Optional[Path], typer.Option("--diffusion", help="Diffusion model folder (default: from --config or recorded with the classifier).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Experiment folder (default: diffex-IMAGES).")] = None,
     config: ConfigOpt = None,
-    method: Annotated[Optional[list[str]], typer.Option("--method", help="Direction method; repeat for a union (gradient, pca, discriminative, gradspan, sparse, readout, steer, learned, jacobian, contrastive).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="Direction method; repeat for a union (gradient, pca, discriminative, gradspan, sparse, readout, steer, hold, learned, jacobian, contrastive).")] = None,
     seed: SeedOpt = None,
     precision: PrecisionOpt = None,
     axes: AxesOpt = None,

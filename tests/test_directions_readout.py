@@ -118,7 +118,8 @@ def test_readout_method_refuses_what_it_cannot_use():
 
 
 def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_classifier, tiny_diffusion, cells, tmp_path):
-    """An explain run with ``--method readout --method steer``: candidates, covariates and methods sentences reach results.json and the report."""
+    """An explain run with ``--method readout --method steer --method hold``: candidates, covariates and methods sentences
+    reach results.json and the report."""
     import json
     from dataclasses import replace
 
@@ -126,7 +127,7 @@ def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_clas
 
     from diffex.explain import explain
 
-    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, methods=("readout", "steer")),
+    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, methods=("readout", "steer", "hold")),
                   device="cpu", show_progress=False)
     r = json.loads((res.out / "results.json").read_text())
     ro = r["direction_training"]["readout"]
@@ -139,6 +140,9 @@ def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_clas
     html = (res.out / "report.html").read_text()
     assert f"with {len(ro['covariates'])} readouts as covariates" in html
     assert f"The steered directions were solved from {st['renders']} probe renders" in html
+    ho = r["direction_training"]["hold"]
+    assert ho["smooth"] and all(c["held"] <= len(ho["smooth"]) for c in ho["candidates"])
+    assert f"The held directions used gradients of the readouts through the sampler on {ho['probe_images']} selection images" in html
 
 
 def _steer_world(n=40, seed=0):

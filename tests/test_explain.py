@@ -65,13 +65,14 @@ def test_gradient_matches_finite_differences(pair):
     torch.testing.assert_close(analytic, fd, atol=2e-3 + 0.05 * fd.abs().max().item(), rtol=0.05)
 
 
-@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "gradspan", "sparse", "readout", "steer", "learned"])
+@pytest.mark.parametrize("method", ["pca", "gradient", "jacobian", "contrastive", "discriminative", "gradspan", "sparse", "readout", "steer", "hold", "learned"])
 def test_direction_methods_give_unit_vectors(pair, method, monkeypatch):
     from dataclasses import replace
 
     from diffex.explain.directions import DirectionContext, generate, learned
     from diffex.models.sampler import SamplerSpec
     from diffex.models.hooks import h_shape
+    from diffex.explain.soft_readouts import microscopy_soft
     from diffex.report.morphology import measure_many
 
     hs = h_shape(pair.dm)
@@ -80,7 +81,8 @@ def test_direction_methods_give_unit_vectors(pair, method, monkeypatch):
                            np.array([0, 1, 0, 1, 0, 1]), ["control", "treated"], np.array([333, 666, 999]), 5.0,
                            contrastive_iterations=2, probe_images=3, labels=np.array([0, 1, 0, 1, 0, 1]),
                            xt=torch.randn(6, 2, 16, 16), sampler=SamplerSpec(steps=2, t_end=699),
-                           readouts=lambda raw: measure_many(raw, ["DNA", "Actin"]))
+                           readouts=lambda raw: measure_many(raw, ["DNA", "Actin"]),
+                           soft_readouts=lambda raw, ref: microscopy_soft(raw, ref, ["DNA", "Actin"]))
     if method == "learned":
         monkeypatch.setitem(learned.PRESETS, "reduced", replace(learned.PRESETS["reduced"], iterations=2, batch=2, steps=2, eval_pairs=4))
     c = generate(ctx, [method], k=2)

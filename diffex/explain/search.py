@@ -27,6 +27,7 @@ from diffex.explain.directions import Candidates, DirectionContext, generate, me
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
 from diffex.explain.readouts import measurements
+from diffex.explain.soft_readouts import soft_measurements
 from diffex.explain.sensitivity import classifier_gradients, screen
 from diffex.models import sampler
 
@@ -101,7 +102,7 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
     edit_ts = ts[ts >= cfg.t_edit]
     names = ["methods", "directions_per_method", "merge_cos", "seed", "contrastive_iterations"]
     names += ["learned_setting", "precision", "steps", "t_end", "t_edit"] if "learned" in cfg.methods else []
-    names += ["precision", "steps", "t_end", "t_edit", "mode"] if "steer" in cfg.methods else []  # it renders
+    names += ["precision", "steps", "t_end", "t_edit", "mode"] if {"steer", "hold"} & set(cfg.methods) else []  # they render
     names = list(dict.fromkeys(names))
     settings = {k: to_dict(cfg)[k] for k in names}
     versions = method_versions(list(cfg.methods))
@@ -117,7 +118,8 @@ def candidates_stage(exp: Experiment, inv: Inversions, grads: Gradients, progres
                                labels=exp.labels[inv.selection], xt=inv.xt[inv.selection], sampler=cfg.gradient_sampler,
                                learned_setting=cfg.learned_setting, cache=exp.cache, progress=progress,
                                cache_inputs={"images": _images_digest(exp, inv.selection), "precision": cfg.precision},
-                               readouts=lambda raw: measurements(exp, raw), edit_sampler=cfg.sampler)
+                               readouts=lambda raw: measurements(exp, raw), edit_sampler=cfg.sampler,
+                               soft_readouts=lambda raw, ref: soft_measurements(exp, raw, ref))
         with exp.counted("directions"):
             cands = generate(ctx, list(cfg.methods), cfg.directions_per_method, cfg.merge_cos)
         progress.advance(task)

@@ -43,7 +43,7 @@ def _nearest_component(mask: np.ndarray, point: tuple[float, float]) -> np.ndarr
     return lab == lab[yy[np.argmin(d)], xx[np.argmin(d)]]
 
 
-def _lesion_mask(hu: np.ndarray, center: tuple[float, float], threshold: float, search_px: float) -> np.ndarray | None:
+def lesion_mask(hu: np.ndarray, center: tuple[float, float], threshold: float, search_px: float) -> np.ndarray | None:
     """The lesion's pixels: thresholded, opened at 0.6 x its inscribed radius, nearest component, holes filled."""
     mask = hu > threshold
     if not mask.any():
@@ -77,7 +77,7 @@ def measure_lesion(hu: np.ndarray, spacing: tuple[float, float], center: tuple[f
     """
     hu = np.asarray(hu, np.float64)
     center = center or ((hu.shape[0] - 1) / 2, (hu.shape[1] - 1) / 2)
-    lesion = _lesion_mask(hu, center, threshold, search_mm / min(spacing))
+    lesion = lesion_mask(hu, center, threshold, search_mm / min(spacing))
     if lesion is None:
         return {f"Lesion_{k}": (0.0 if k == "Found" else math.nan) for k in CT_FEATURES}
     px_area = spacing[0] * spacing[1]

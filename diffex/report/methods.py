@@ -28,6 +28,8 @@ METHOD_TEXT = {
                 "on all non-redundant readouts at once, so that the other readouts stay fixed)"),
     "steer": ("per measured readout that separates the conditions, the h edit whose renders move it and hold the other readouts, "
               "solved from the readouts' measured response to rendered edits along the leading principal axes of h"),
+    "hold": ("per measured readout that separates the conditions, its partial pattern in h projected so that, to first order, "
+             "the renders leave every other readout unchanged (gradients of smooth stand-ins of the readouts through the sampler)"),
     "learned": ("directions learned without labels by a shift module trained jointly with a reconstructor (which must recover "
                 "the direction and the amount of a shift from the original and the shifted render) and a discriminator (which keeps "
                 "shifted renders realistic), by backpropagation through the sampler"),
@@ -64,6 +66,13 @@ def _training_text(r: Results) -> list[str]:
                 f"{100 * max(leaks):.0f} % of the steered one") if leaks else ""
         out.append(f"The steered directions were solved from {st['renders']} probe renders ({st['axes']} principal axes of h at "
                    f"±{st['probe_sd']:g} SD on {st['probe_images']} selection images), holding {len(st['held'])} readouts{leak}.")
+    ho = r.direction_training.get("hold")
+    if ho:
+        leaks = [c["leak"] for c in ho["candidates"] if c.get("leak") is not None]
+        leak = (f"; solved on half of those images and measured with the gradients of the other half, a held readout moved by up "
+                f"to {100 * max(leaks):.0f} % of the steered one") if leaks else ""
+        out.append(f"The held directions used gradients of the readouts through the sampler on {ho['probe_images']} selection images, "
+                   f"holding up to {max(c['held'] for c in ho['candidates'])} of {len(ho['smooth'])} differentiable readouts{leak}.")
     return out
 
 

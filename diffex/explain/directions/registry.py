@@ -23,6 +23,8 @@ Methods
                  conditions, the pattern in h that moves it while the other readouts stay fixed (partial regression).
 ``steer``        the same readouts, but from measured renders: the top principal axes of h are rendered, the readouts'
                  response to each measured, and the edit that moves one readout and holds the others solved from it.
+``hold``         the patterns of ``readout``, with every other readout held by the gradients of its renders through
+                 the sampler (first order, soft readouts).
 ``learned``      the seed method: K directions a shift module proposes, trained with a reconstructor that
                  must tell which direction and how far from (render, shifted render) and a discriminator
                  that keeps shifted renders realistic, through the sampler.
@@ -33,7 +35,7 @@ Methods
 Example
 -------
 >>> list_methods()
-['contrastive', 'discriminative', 'gradient', 'gradspan', 'jacobian', 'learned', 'pca', 'readout', 'sparse', 'steer']
+['contrastive', 'discriminative', 'gradient', 'gradspan', 'hold', 'jacobian', 'learned', 'pca', 'readout', 'sparse', 'steer']
 >>> cands = generate(ctx, ["gradient", "pca"], k=4)            # doctest: +SKIP
 """
 
@@ -111,7 +113,10 @@ class DirectionContext:
     progress : Progress or None    where methods that train show a progress bar (``add_task``/``advance``)
     readouts : callable or None    raw images (N, C, H, W) ndarray -> {readout name: (N,) values}, the experiment's
                                    morphology readouts (``readout``, ``steer``)
-    edit_sampler : SamplerSpec or None  the sampler explain renders edits with (``steer`` measures its renders)
+    edit_sampler : SamplerSpec or None  the sampler explain renders edits with (``steer`` measures its renders, ``hold``
+                                   differentiates them)
+    soft_readouts : callable or None  raw renders (B, C, H, W) tensor, reference images (B, C, H, W) ndarray ->
+                                   {readout name: (B,) tensor}: differentiable stand-ins of ``readouts`` (``hold``)
     """
 
     pair: object
@@ -135,6 +140,7 @@ class DirectionContext:
     progress: object = None
     readouts: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
     edit_sampler: object = None
+    soft_readouts: Callable[[torch.Tensor, np.ndarray], dict[str, torch.Tensor]] | None = None
 
     @property
     def edit_steps(self) -> int:

@@ -66,12 +66,12 @@ def steering_coordinates(response: np.ndarray) -> np.ndarray:
     return np.linalg.solve(gram + lam * np.eye(len(gram)), r.T)  # (p, q): row j is (R (RᵀR + λI)⁻¹ e_j)ᵀ
 
 
-def _probe_images(labels: np.ndarray, seed: int) -> np.ndarray:
-    """Up to :data:`PROBE_IMAGES` selection images, as evenly over the conditions as they allow (seeded)."""
+def probe_images(labels: np.ndarray, seed: int, n: int = PROBE_IMAGES) -> np.ndarray:
+    """Up to ``n`` selection images, as evenly over the conditions as they allow (seeded)."""
     rng = np.random.default_rng(seed + 31)
     groups = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     order = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
-    return np.sort(np.asarray(order[:PROBE_IMAGES]))
+    return np.sort(np.asarray(order[:n]))
 
 
 def response_matrix(ctx: DirectionContext, axes: torch.Tensor, sd: torch.Tensor, names: list[str], scale: np.ndarray,
@@ -124,7 +124,7 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
     axes, _ = principal_axes(ctx.h[:, :steps], AXES)  # (q, D)
     coords_real = coordinates(ctx.h[:, :steps], axes.view(len(axes), *ctx.h_shape))  # (N, q), as explain calibrates
     sd = torch.as_tensor(coords_real.std(0, ddof=1), dtype=torch.float64).clamp_min(1e-12)  # (q,)
-    images = _probe_images(labels, ctx.seed)
+    images = probe_images(labels, ctx.seed)
     held = [names[j] for j in keep]
     diff = response_matrix(ctx, axes, sd, held, spread[keep], images)  # (n, q, p)
     resp = median_response(diff)  # (q, p)
