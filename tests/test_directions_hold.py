@@ -50,7 +50,7 @@ def test_soft_readouts_agree_with_the_hard_readouts_on_blobs():
         np.testing.assert_allclose(soft[f"{c}_Intensity_MeanIntensityImage"], hard[f"{c}_Intensity_MeanIntensityImage"], rtol=1e-12)
     # no object in the reference: NaN, not a made-up value
     flat = np.zeros((1, 2, 8, 8))
-    assert np.isnan(microscopy_soft(torch.zeros(1, 2, 8, 8), flat, CHANNELS)["DNA_AreaShape_Area"]).all()
+    assert np.isnan(microscopy_soft(torch.zeros(1, 2, 8, 8), flat, CHANNELS)["DNA_AreaShape_Area"].numpy()).all()
 
 
 def _ct_patches(n=4):
@@ -182,3 +182,24 @@ def test_hold_refuses_what_it_cannot_use(ctx64):
         get_method("hold")(replace(ctx64, soft_readouts=None), 1)
     with pytest.raises(DiffexError, match="two images of each"):
         get_method("hold")(replace(ctx64, labels=np.zeros(16, int)), 1)
+
+
+def test_cross_fitted_leak_against_brute_force():
+    from diffex.explain.directions.hold import cross_fitted_leak
+
+    rng = np.random.default_rng(0)
+    g = torch.as_tensor(rng.normal(size=(1, 3, 6))).repeat(4, 1, 1)  # (n=4, p=3, D=6): every image the same gradients
+    pattern = torch.as_tensor(rng.normal(size=6))
+    assert cross_fitted_leak(g, 0, [1, 2], pattern) < 1e-6  # both halves agree: held exactly
+    g[1::2, 1] += torch.as_tensor(rng.normal(size=6))  # the odd images' readout 1 responds otherwise
+    d = held_projection(pattern[None], g[0, [1, 2]])[0]  # solved on the even images
+    change = g[1] @ d  # measured with the odd images' mean gradients (all odd images alike)
+    assert cross_fitted_leak(g, 0, [1, 2], pattern) == pytest.approx(abs(float(change[1])) / abs(float(change[0])), rel=1e-9)
+
+
+def test_hold_names_what_it_skipped_when_nothing_is_left(ctx64):
+    from dataclasses import replace
+
+    none_smooth = replace(ctx64, soft_readouts=lambda raw, ref: {})  # no readout has a differentiable form
+    with pytest.raises(DiffexError, match=r"skipped: \w+ \(no differentiable form\), .* and 10 more$"):
+        get_method("hold")(none_smooth, 2)

@@ -18,6 +18,13 @@ smooth function of the pixels that equals the hard one up to the softness of the
 Readouts without a smooth form (solidity, object count, texture, Feret diameter, margin
 irregularity) are not given. An image whose reference has no object gives NaN for that channel.
 
+What the stand-ins leave out, so that their gradients are those of the readouts only near the
+reference: the hard readouts re-compute Otsu's threshold on every render, here it is fixed (a
+uniform brightening grows the soft area, not the hard one); the grown region also takes in halo
+pixels and any neighbouring object within :data:`GROW` px; and the CT percentiles are taken over
+the reference lesion's pixels, so a lesion that grows moves them only through the values of those
+pixels. tests/test_directions_hold.py measures how far they stand from the hard readouts.
+
 Example
 -------
 >>> import numpy as np, torch

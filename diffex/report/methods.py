@@ -36,6 +36,12 @@ METHOD_TEXT = {
 }
 
 
+def _leak_clause(candidates: list[dict], how: str) -> str:
+    """'; {how} moved by up to X % of the steered one' from the candidates' cross-fitted leaks ('' when none has one)."""
+    leaks = [c["leak"] for c in candidates if c.get("leak") is not None]
+    return f"; {how} moved by up to {100 * max(leaks):.0f} % of the steered one" if leaks else ""
+
+
 def _training_text(r: Results) -> list[str]:
     """How trained direction methods were trained, and whether their reconstructor learned (a sentence each)."""
     out = []
@@ -61,16 +67,13 @@ def _training_text(r: Results) -> list[str]:
                    f"({', '.join(cov)}), so that across the real images each pattern holds the other readouts fixed.")
     st = r.direction_training.get("steer")
     if st:
-        leaks = [c["leak"] for c in st["candidates"] if c.get("leak") is not None]
-        leak = (f"; solved on half of the probe images and measured on the other half, another held readout moved by up to "
-                f"{100 * max(leaks):.0f} % of the steered one") if leaks else ""
+        leak = _leak_clause(st["candidates"], "solved on half of the probe images and measured on the other half, another held readout")
         out.append(f"The steered directions were solved from {st['renders']} probe renders ({st['axes']} principal axes of h at "
                    f"±{st['probe_sd']:g} SD on {st['probe_images']} selection images), holding {len(st['held'])} readouts{leak}.")
     ho = r.direction_training.get("hold")
     if ho:
-        leaks = [c["leak"] for c in ho["candidates"] if c.get("leak") is not None]
-        leak = (f"; solved on half of those images and measured with the gradients of the other half, a held readout moved by up "
-                f"to {100 * max(leaks):.0f} % of the steered one") if leaks else ""
+        leak = _leak_clause(ho["candidates"], "solved on half of those images and measured with the gradients of the other half, "
+                            "a held readout")
         out.append(f"The held directions used gradients of the readouts through the sampler on {ho['probe_images']} selection images, "
                    f"holding up to {max(c['held'] for c in ho['candidates'])} of {len(ho['smooth'])} differentiable readouts{leak}.")
     return out

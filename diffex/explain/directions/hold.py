@@ -150,8 +150,9 @@ def hold_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[s
         rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])],
                      "held": len(held), "leak": None if not np.isfinite(leak) else round(leak, 4)})
     if not vecs:
-        raise DiffexError("the hold method found no separating readout that its held pattern moves; "
-                          f"skipped: {', '.join(s['readout'] + ' (' + s['why'] + ')' for s in skipped)}")
+        why = [f"{s['readout']} ({s['why']})" for s in skipped]
+        more = f" and {len(why) - 6} more" if len(why) > 6 else ""
+        raise DiffexError(f"the hold method found no separating readout that its held pattern moves; skipped: {', '.join(why[:6])}{more}")
     ctx.diagnostics["hold"] = {"smooth": [names[i] for i in smooth], "candidates": rows, "skipped": skipped,
                                "probe_images": int(len(images))}
     out = torch.stack(vecs)
