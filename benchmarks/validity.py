@@ -106,7 +106,10 @@ def prepare(root: Path, device: str) -> None:
                     "--config", str(HERE / "classifier_train.yaml"), "--device", device, "-q")
 
 
-def run(root: Path, out: Path, device: str, methods: list[str] | None = None, configs: list[str] | None = None) -> list[dict]:
+def run(root: Path, out: Path, device: str, methods: list[str] | None = None, configs: list[str] | None = None,
+        settings: dict | None = None) -> list[dict]:
+    """Explain every configuration's images with each method into ``out``/configuration/method and score it; ``settings``
+    override the benchmark's explain settings (``EXPLAIN``)."""
     from diffex.explain.directions import list_methods
 
     methods = methods or list_methods()
@@ -127,7 +130,7 @@ def run(root: Path, out: Path, device: str, methods: list[str] | None = None, co
                     shutil.copytree(shared, exp / "cache" / "inversions")
                 yaml_path = out / cfg.name / "explain.yaml"
                 yaml_path.parent.mkdir(parents=True, exist_ok=True)
-                yaml_path.write_text("".join(f"{k}: {v}\n" for k, v in EXPLAIN.items()))
+                yaml_path.write_text("".join(f"{k}: {v}\n" for k, v in {**EXPLAIN, **(settings or {})}.items()))
                 t0 = time.perf_counter()
                 _diffex("explain", "--classifier", str(p["classifier"]), "--images", str(p["images"]), "--diffusion", str(p["diffusion"]),
                         "--out", str(exp), "--config", str(yaml_path), "--method", m, "--device", device, "-q")
@@ -160,6 +163,8 @@ def main(argv=None) -> int:
     b.add_argument("--device", default="auto")
     b.add_argument("--method", action="append", help="only these methods (default: every registered one)")
     b.add_argument("--configuration", action="append", help="only these configurations")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an explain setting over the benchmark's own (e.g. selection_min_auc=0.7); use another --out")
     c = sub.add_parser("score")
     c.add_argument("experiment", type=Path)
     c.add_argument("--images", type=Path, required=True)
@@ -170,7 +175,8 @@ def main(argv=None) -> int:
     if args.cmd == "prepare":
         prepare(args.root, args.device)
     elif args.cmd == "run":
-        rows = run(args.root, args.out or args.root / "experiments", args.device, args.method, args.configuration)
+        extra = dict(kv.split("=", 1) for kv in args.set)
+        rows = run(args.root, args.out or args.root / "experiments", args.device, args.method, args.configuration, extra)
         print(json.dumps(rows, indent=1))
         print(table(rows))
     else:

@@ -73,7 +73,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         diff = ", ".join(FACTOR_NAMES[f] for f in r["differs"])
         method = r["method"] + (" (baseline)" if r["method"] == "contrastive" else "")
-        shift = f"{_fmt(r.get('mean_shift_sd'))}, {_fmt(r.get('ends_in_data'), True)}" if r.get("strength_unit") == "sd" else "× mean ‖h‖"
+        unit = r.get("strength_unit")
+        shift = (f"{_fmt(r.get('mean_shift_sd'))}, {_fmt(r.get('ends_in_data'), True)}" if unit == "sd"
+                 else "× mean ‖h‖" if unit == "h_norm" else "–")  # None: no rank-1 attribute
         cells = [f"{r['configuration']} ({diff})", method, *(_factor_cell(r, h) for h in FACTOR_COLUMNS), shift,
                  _fmt(r["l1"]), _fmt(r["ssim"]), _fmt(r["realism_median_abs_z"]), _fmt(r["realism_share_any_z_over_4"], True),
                  _fmt(r.get("diffusion_gate_passed"))]

@@ -86,6 +86,11 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     assert [r["diffusion_gate_passed"] for r in rows] == [gate, gate]
     assert all(set(r["factors"]) == {"nucleus_radius"} for r in rows)
     assert validity.table(rows).count("\n") == 3
+    # an explain setting over the benchmark's own (--set): written to the runs' config; a run without attributes gets dashes
+    gated = validity.run(root, tmp_path / "gated", "cpu", methods=["gradient"], settings={"selection_min_auc": 0.999})
+    assert "selection_min_auc: 0.999" in (tmp_path / "gated" / "tiny" / "explain.yaml").read_text()
+    assert gated[0]["attributes"] == 0 and gated[0]["strength_unit"] is None
+    assert validity.table(gated).splitlines()[-1].endswith("| – / n/a | – | – | – | – | – | " + ("✓" if gate else "✗") + " |")
 
 
 def test_gate_samplers_reproduces_the_gate_at_eta_zero(tiny_diffusion, cells, tmp_path):

@@ -140,3 +140,42 @@ def test_statistics_cumulative_flip_rate_and_coverage():
     assert [s["coverage"] for s in stats] == [0.5, 0.5]
     assert [s["flip_rate"] for s in stats] == [0.5, 0.75]
     assert stats[0]["delta_p_ci95"][0] <= stats[0]["mean_delta_p"] <= stats[0]["delta_p_ci95"][1]
+
+
+def test_separating_pairs_against_brute_force_and_attfind_never_picks_what_they_exclude():
+    from diffex.explain.rank import separating_pairs
+
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(30, 5)) + np.outer(np.arange(30) >= 15, [2.0, -2.0, 0.0, 0.3, -0.3])
+    in_t = np.arange(30) >= 15
+    ok = separating_pairs(coords, in_t, 0.7)
+    for k in range(5):  # brute force: the share of (target, other) pairs in which the target image lies higher
+        auc = np.mean([[a > b for b in coords[~in_t, k]] for a in coords[in_t, k]])
+        assert ok[k].tolist() == [1 - auc >= 0.7, auc >= 0.7]
+    assert ok[0].tolist() == [False, True] and ok[1].tolist() == [True, False] and not ok[2].any()
+    # the effect table with the excluded pairs blanked, as select_stage does: the largest effect is never picked
+    effect = np.full((10, 5, 2), 0.1)
+    effect[:, 2, 1] = 0.9  # d2 (no separation) moves the classifier most
+    flipped = effect > 0.5
+    blank = np.where(ok[None], effect, np.nan)
+    assert (attfind(effect, flipped, 1, n_boot=50)[0].direction, attfind(blank, flipped, 1, n_boot=50)[0].direction) == (2, 0)
+
+
+def test_explain_with_separation_gated_selection_says_so(tiny_classifier, tiny_diffusion, cells, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from test_explain import TINY
+
+    from diffex.errors import DiffexError
+    from diffex.explain import explain
+
+    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, selection_min_auc=0.999),
+                  device="cpu", show_progress=False)
+    r = json.loads((res.out / "results.json").read_text())
+    assert "with AUC >= 0.999 could be picked" in r["statistics"]["selection_rule"]
+    assert r["attributes"] == []  # nothing separates 16 tiny images that well
+    plain = explain(tiny_classifier[0], cells, tmp_path / "plain", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
+    assert plain.results.attributes  # power: without the gate the same run picks attributes
+    with pytest.raises(DiffexError, match="selection_min_auc"):
+        replace(TINY, selection_min_auc=1.0)

@@ -45,7 +45,10 @@ class ExplainConfig:
     bootstrap resamples units (``bootstrap_unit``: auto = the first of replicate, batch, plate,
     well that every image has; or image, or one of those columns). AttFind stops when the
     one-sided ``selection_confidence`` bootstrap lower bound of the next pick's mean Δp is not
-    above 0. ``learned_setting`` sizes the ``learned`` method's training (``reduced``: 60 iterations of
+    above 0. With ``selection_min_auc`` > 0 it may pick a direction and sign only if the selection
+    images' coordinates along it separate the target condition from the others with at least that
+    AUC (the target higher): attributes are then chosen by the classifier's reaction *and* by the
+    real conditions' separation (0, the default: by the reaction alone). ``learned_setting`` sizes the ``learned`` method's training (``reduced``: 60 iterations of
     8 images; ``full``: 600 of 32; ``auto``: full on a GPU; see :mod:`diffex.explain.directions.learned`).
     """
 
@@ -78,6 +81,7 @@ class ExplainConfig:
     evaluation_images: int = 96
     bootstrap_unit: str = "auto"
     selection_confidence: float = 0.95
+    selection_min_auc: float = 0.0
 
     def __post_init__(self):
         try:
@@ -110,6 +114,8 @@ class ExplainConfig:
             raise DiffexError(f"bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {self.bootstrap_unit!r}")
         if not 0.5 <= self.selection_confidence < 1:
             raise DiffexError(f"selection_confidence must be in [0.5, 1), got {self.selection_confidence}")
+        if not 0 <= self.selection_min_auc < 1:
+            raise DiffexError(f"selection_min_auc must be in [0, 1) (0: off), got {self.selection_min_auc}")
 
     @property
     def sampler(self) -> SamplerSpec:

@@ -143,6 +143,23 @@ def separation(projection: np.ndarray, in_target: np.ndarray) -> dict[str, float
     }
 
 
+def separating_pairs(coords: np.ndarray, in_target: np.ndarray, min_auc: float) -> np.ndarray:
+    """(K, 2) booleans: which directions (columns of ``coords`` (N, K), the images' coordinates) and signs
+    (:data:`SIGNS`) separate the target images from the others with AUC >= ``min_auc`` (the target higher).
+
+    Example
+    -------
+    >>> coords = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [3.0, 0.0]])   # 4 images x 2 directions
+    >>> separating_pairs(coords, np.array([False, False, True, True]), 0.7).tolist()   # d0 rises towards the target, d1 falls
+    [[False, True], [True, False]]
+    """
+    out = np.zeros((coords.shape[1], 2), dtype=bool)
+    for k in range(coords.shape[1]):
+        for s, sign in enumerate(SIGNS):
+            out[k, s] = separation(sign * coords[:, k], in_target)["auc"] >= min_auc
+    return out
+
+
 def holm(p_values) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order.
 

@@ -26,7 +26,7 @@ from diffex.explain.directions import Candidates
 from diffex.explain.effects import effect_table
 from diffex.explain.inputs import Experiment
 from diffex.explain.invert import Inversions
-from diffex.explain.rank import attfind, attribute_statistics, holm, separation
+from diffex.explain.rank import attfind, attribute_statistics, holm, separating_pairs, separation
 from diffex.explain.search import Calibrated, EffectTable, Shortlist
 from diffex.models import sampler
 from diffex.report.results import Attribute
@@ -56,8 +56,12 @@ def _groups(exp: Experiment, idx: np.ndarray) -> np.ndarray | None:
     return None if exp.groups is None else exp.groups[idx]
 
 
-def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: EffectTable) -> list[Pick]:
-    """AttFind per target condition on the selection images' effect table (with the stopping rule)."""
+def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: EffectTable, coords: np.ndarray | None = None) -> list[Pick]:
+    """AttFind per target condition on the selection images' effect table (with the stopping rule).
+
+    With ``selection_min_auc`` > 0, directions and signs along which the selection images' coordinates
+    (``coords`` (N, K), every image) do not separate the target condition that well are not selectable.
+    """
     cfg, picks = exp.cfg, []
     probs_rec = inv.probs_rec[table.images]
     for t in [exp.class_names.index(c) for c in exp.conditions]:
@@ -65,6 +69,10 @@ def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: 
         if not moved.any():
             continue
         effect, flipped, eligible = effect_table(table.probs_edit[moved], probs_rec[moved], np.full(int(moved.sum()), t))
+        if cfg.selection_min_auc > 0:
+            sel = inv.selection
+            ok = separating_pairs(coords[sel][:, shortlist.order], exp.labels[sel] == t, cfg.selection_min_auc)  # (K', 2)
+            effect = np.where(ok[None], effect, np.nan)  # not selectable: AttFind never picks a NaN column
         chosen = attfind(effect, flipped, cfg.max_attributes, eligible=eligible, n_boot=cfg.bootstrap, seed=cfg.seed,
                          confidence=cfg.selection_confidence, groups=_groups(exp, table.images[moved]))
         picks += [Pick(t, rank, int(shortlist.order[s.direction]), s.sign, s.mean_effect_on_remaining, s.lower_bound)

@@ -66,7 +66,9 @@ def statistics_summary(exp: Experiment, inv: Inversions, grads: Gradients, table
                f"seed {cfg.seed + 3}); directions, gradients and the selection use only the selection images"),
         bootstrap_unit=exp.bootstrap_unit, bootstrap_units=units, bootstrap_resamples=cfg.bootstrap,
         p_adjust="holm (over every reported attribute)",
-        selection_rule=SELECTION_RULE.format(conf=cfg.selection_confidence, n_boot=cfg.bootstrap, m=cfg.max_attributes),
+        selection_rule=SELECTION_RULE.format(conf=cfg.selection_confidence, n_boot=cfg.bootstrap, m=cfg.max_attributes) + (
+            f"; only directions and signs along which the selection images of the target condition lie higher than the others "
+            f"with AUC >= {cfg.selection_min_auc:g} could be picked" if cfg.selection_min_auc > 0 else ""),
         subsampling=list(exp.subsampling))
 
 
