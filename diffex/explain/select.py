@@ -9,7 +9,7 @@ neither the directions nor the selection inflate them.
 
 Example
 -------
->>> picks = select_stage(exp, inv, shortlist, table)                              # doctest: +SKIP
+>>> picks = select_stage(exp, inv, shortlist, table, cal.coords)                  # doctest: +SKIP
 >>> ev = evaluation_stage(exp, inv, cands_key, cands, picks, progress)            # doctest: +SKIP
 >>> attributes = statistics_stage(exp, inv, cands, shortlist, picks, ev)         # doctest: +SKIP
 """
@@ -56,7 +56,7 @@ def _groups(exp: Experiment, idx: np.ndarray) -> np.ndarray | None:
     return None if exp.groups is None else exp.groups[idx]
 
 
-def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: EffectTable, coords: np.ndarray | None = None) -> list[Pick]:
+def select_stage(exp: Experiment, inv: Inversions, shortlist: Shortlist, table: EffectTable, coords: np.ndarray) -> list[Pick]:
     """AttFind per target condition on the selection images' effect table (with the stopping rule).
 
     With ``selection_min_auc`` > 0, directions and signs along which the selection images' coordinates
