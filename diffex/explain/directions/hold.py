@@ -42,10 +42,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from diffex.errors import DiffexError
-from diffex.explain.directions.readout import REDUNDANT, distinct, measured_selection, normal_scores, partial_patterns, separation
+from diffex.explain.directions.readout import (
+    REDUNDANT,
+    distinct,
+    measured_selection,
+    normal_scores,
+    partial_patterns,
+    separation,
+    spearman,
+    spread,
+)
 from diffex.explain.directions.registry import DirectionContext, register
 from diffex.explain.directions.steer import probe_images
 from diffex.models import sampler
@@ -123,11 +131,10 @@ def hold_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[s
     soft_names = set(ctx.soft_readouts(ref, ref.numpy()))
     smooth = [i for i, n in enumerate(names) if n in soft_names]  # readouts with a soft form: the ones that can be held
     images = probe_images(labels, ctx.seed, PROBE_IMAGES)
-    q75, q25 = np.percentile(values, [75, 25], axis=0)
-    spread = np.maximum((q75 - q25) / 1.349, values.std(0))
-    grads = readout_gradients(ctx, images, [names[i] for i in smooth]) / torch.as_tensor(spread[smooth])[None, :, None]
+    scale = torch.as_tensor(spread(values)[smooth])  # (p_smooth,) the readouts' SDs over the selection images
+    grads = readout_gradients(ctx, images, [names[i] for i in smooth]) / scale[None, :, None]  # (n, p_smooth, D) SD units
     pos = {i: s for s, i in enumerate(smooth)}  # readout index -> row of grads
-    rho = np.atleast_2d(np.corrcoef(np.apply_along_axis(rankdata, 0, values), rowvar=False))  # (p, p) Spearman
+    rho = spearman(values)  # (p, p)
     mean = _mean(grads)  # (p_smooth, D)
     vecs, out_names, rows, skipped = [], [], [], []
     for i, j in enumerate(keep):

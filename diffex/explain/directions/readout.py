@@ -79,9 +79,21 @@ def separation(values: np.ndarray, labels: np.ndarray, targets: list[int]) -> tu
     return np.asarray(targets)[best], aucs[best, np.arange(values.shape[1])]
 
 
+def spearman(values: np.ndarray) -> np.ndarray:
+    """Spearman r (p, p) between the columns of ``values`` (n, p)."""
+    return np.atleast_2d(np.corrcoef(np.apply_along_axis(rankdata, 0, values), rowvar=False))
+
+
+def spread(values: np.ndarray) -> np.ndarray:
+    """Per column of ``values`` (n, p): the robust SD (IQR / 1.349), or the SD where that is larger (a share or a count
+    whose values mostly tie)."""
+    q75, q25 = np.percentile(values, [75, 25], axis=0)
+    return np.maximum((q75 - q25) / 1.349, values.std(0))
+
+
 def distinct(values: np.ndarray, order: np.ndarray) -> list[int]:
     """Columns in ``order``, skipping any whose |Spearman r| with an already kept one exceeds :data:`REDUNDANT`."""
-    rho = np.atleast_2d(np.corrcoef(np.apply_along_axis(rankdata, 0, values), rowvar=False))  # (p, p) Spearman
+    rho = spearman(values)  # (p, p)
     keep: list[int] = []
     for j in order:
         if all(abs(rho[j, i]) <= REDUNDANT for i in keep):

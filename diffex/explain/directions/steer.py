@@ -47,7 +47,7 @@ import torch
 from diffex.errors import DiffexError
 from diffex.explain.calibrate import coordinates
 from diffex.explain.directions.pca import principal_axes
-from diffex.explain.directions.readout import distinct, measured_selection, separation
+from diffex.explain.directions.readout import distinct, measured_selection, separation, spread
 from diffex.explain.directions.registry import DirectionContext, register
 from diffex.models import sampler
 from diffex.report.morphology import measurement_label
@@ -115,8 +115,7 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
     if ctx.xt is None:
         raise DiffexError("the steer method needs the images' inversions")
     labels, present, names, values = measured_selection(ctx, "steer")
-    q75, q25 = np.percentile(values, [75, 25], axis=0)
-    spread = np.maximum((q75 - q25) / 1.349, values.std(0))  # robust SD, or the SD where most values tie (a share, a count)
+    scale = spread(values)  # (p,)
     targets = present[1:] if len(present) == 2 else present
     tgt, auc = separation(values, labels, targets)
     keep = distinct(values, np.argsort(-np.abs(auc - 0.5), kind="stable"))
@@ -126,7 +125,7 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
     sd = torch.as_tensor(coords_real.std(0, ddof=1), dtype=torch.float64).clamp_min(1e-12)  # (q,)
     images = probe_images(labels, ctx.seed)
     held = [names[j] for j in keep]
-    diff = response_matrix(ctx, axes, sd, held, spread[keep], images)  # (n, q, p)
+    diff = response_matrix(ctx, axes, sd, held, scale[keep], images)  # (n, q, p)
     resp = median_response(diff)  # (q, p)
     coords = steering_coordinates(resp)  # (p, q)
     own = np.abs(np.einsum("pq,qp->p", coords, resp))  # (p,) first-order change of each steered readout
