@@ -284,6 +284,39 @@ def test_init_from_starts_at_the_given_weights(cells, tiny_diffusion, tmp_path):
         train_diffusion(cells, out, _tiny_cfg(steps=2, lr=0.0, init_from=str(other)), device="cpu", show_progress=False, force=True)
 
 
+def test_init_rescale_starts_from_a_model_of_another_size(cells, tiny_diffusion, tmp_path):
+    """init_rescale: the 16 px model's weights start a 12 px run unchanged (zero learning rate); without it, an error."""
+    out_ref, dm_ref, _ = tiny_diffusion
+    with pytest.raises(DiffexError, match=r"at 16 px; this run trains 2 at 12 px \(init_rescale"):
+        train_diffusion(cells, tmp_path / "x", _tiny_cfg(size=12, steps=1, init_from=str(out_ref)), device="cpu", show_progress=False)
+    dm, _ = train_diffusion(cells, tmp_path / "y", _tiny_cfg(size=12, steps=2, lr=0.0, init_from=str(out_ref), init_rescale=True),
+                            device="cpu", show_progress=False)
+    assert dm.info.image_size == 12
+    for (k, a), (_, b) in zip(dm.unet.state_dict().items(), dm_ref.unet.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_init_rescale_lets_only_the_spacing_differ(tiny_diffusion, tmp_path):
+    """A CT model at 0.8 mm starts a 0.4 mm run under init_rescale; other windows or another modality never do."""
+    from dataclasses import replace
+
+    from diffex.models.diffusion_init import initial_model
+
+    _, dm_ref, _ = tiny_diffusion
+    lung = [{"name": "lung", "low": -1350.0, "high": 150.0}]
+    ct = {"modality": "ct", "spacing_mm": 0.8, "windows": lung}
+    folder = DiffusionModel(dm_ref.unet, dm_ref.scheduler_config, replace(dm_ref.info, ct=ct)).save(tmp_path / "ct")
+    unet = build_unet(UNetSpec(**TINY_UNET), 2, 32)
+    finer = {**ct, "spacing_mm": 0.4}
+    assert initial_model(folder, unet, 2, 32, finer, rescale=True).info.ct == ct
+    with pytest.raises(DiffexError, match="another geometry"):
+        initial_model(folder, unet, 2, 16, finer)
+    with pytest.raises(DiffexError, match="another modality or windows"):
+        initial_model(folder, unet, 2, 32, {**finer, "windows": [{"name": "mediastinum", "low": -125.0, "high": 225.0}]}, rescale=True)
+    with pytest.raises(DiffexError, match="another modality or windows"):
+        initial_model(folder, unet, 2, 32, None, rescale=True)
+
+
 def test_init_from_another_architecture_is_an_error(cells, tiny_diffusion, tmp_path):
     out_ref, _, _ = tiny_diffusion
     wide = _tiny_cfg(steps=1, init_from=str(out_ref), unet=UNetSpec(**{**TINY_UNET, "block_out_channels": (16, 48)}))

@@ -6,6 +6,11 @@ steps) on its own images. The folder must hold a UNet of the same architecture, 
 channels, size and, for CT/MR, the same spacing and windows; anything else is an error naming the
 folder. Its normalization is kept, so the weights see the intensities they were trained on.
 
+With ``init_rescale`` the run may instead start from a model made at another patch size or pixel
+spacing (same architecture, channels, modality and windows): a UNet is convolutional, so its
+weights apply at any size, and the run re-learns the scale. Such a model is a new model in every
+other respect; it must pass its own quality gate.
+
 Example
 -------
 >>> import tempfile
@@ -38,19 +43,32 @@ def init_digest(folder: str | Path) -> str:
     return h.hexdigest()[:24]
 
 
-def initial_model(folder: str | Path, unet: torch.nn.Module, in_channels: int, size: int, ct: dict | None) -> DiffusionModel:
-    """The model in ``folder``, checked against the run about to start; its weights are loaded into ``unet``."""
+def _scale_free(ct: dict | None) -> dict | None:
+    """A CT/MR geometry without its pixel spacing (what ``init_rescale`` lets differ)."""
+    return None if ct is None else {k: v for k, v in ct.items() if k != "spacing_mm"}
+
+
+def initial_model(folder: str | Path, unet: torch.nn.Module, in_channels: int, size: int, ct: dict | None,
+                  rescale: bool = False) -> DiffusionModel:
+    """The model in ``folder``, checked against the run about to start; its weights are loaded into ``unet``.
+
+    ``rescale``: the model may have been made at another patch size and pixel spacing.
+    """
     folder = Path(folder)
     dm = DiffusionModel.load(folder)
     info = dm.info
-    if (info.in_channels, info.image_size) != (in_channels, size):
+    if info.in_channels != in_channels or (info.image_size != size and not rescale):
         raise DiffexError(f"{folder}: init_from model takes {info.in_channels} channel(s) at {info.image_size} px; "
-                          f"this run trains {in_channels} at {size} px")
-    if info.ct != ct:
-        raise DiffexError(f"{folder}: init_from model reads images with another geometry ({info.ct}) than this run ({ct})")
+                          f"this run trains {in_channels} at {size} px"
+                          + ("" if info.in_channels != in_channels else " (init_rescale: true starts from another size)"))
+    if (_scale_free(info.ct) != _scale_free(ct)) if rescale else info.ct != ct:
+        what = "another modality or windows" if rescale else "another geometry"
+        raise DiffexError(f"{folder}: init_from model reads images with {what} ({info.ct}) than this run ({ct})")
     try:
         unet.load_state_dict(dm.unet.state_dict())
     except RuntimeError as exc:
         raise DiffexError(f"{folder}: init_from model has another UNet architecture than the `unet` settings of this run "
-                          f"({str(exc).splitlines()[0]})") from None
+                          f"({str(exc).splitlines()[0]})"
+                          + ("; at another size attention_max_res can place self-attention elsewhere" if info.image_size != size else "")
+                          ) from None
     return dm

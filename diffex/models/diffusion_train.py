@@ -74,7 +74,7 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 # settings added after states were first saved: a state without them was made with these values
 # ("precision" is stored resolved, fp32 or bf16; states saved before it existed used bf16 only on a GPU)
 FINGERPRINT_DEFAULTS = {"prediction_type": "epsilon", "loss_weighting": "none", "min_snr_gamma": 5.0,
-                        "lr_schedule": "constant", "lr_min_factor": 0.1}
+                        "lr_schedule": "constant", "lr_min_factor": 0.1, "init_rescale": False}
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class DiffusionTrainConfig:
     windows: tuple = ()  # CT/MR: preset names or (low, high), one channel each
     seed: int = 0
     init_from: str | None = None  # a diffex diffusion model folder whose weights start the run (fine-tuning; diffusion_init.py)
+    init_rescale: bool = False  # init_from may be a model made at another patch size and pixel spacing
     checkpoint_every: int = 250
     gate_samples: int = 256
     gate_sample_steps: int = 50
@@ -185,7 +186,8 @@ def _start(cfg: DiffusionTrainConfig, in_channels: int, train_raw, dev: torch.de
     ema = build_unet(cfg.unet, in_channels, cfg.size).to(dev)
     init = None
     if cfg.init_from:
-        init = initial_model(cfg.init_from, unet, in_channels, cfg.size, cfg.geometry.to_dict() if cfg.geometry else None)
+        init = initial_model(cfg.init_from, unet, in_channels, cfg.size, cfg.geometry.to_dict() if cfg.geometry else None,
+                             rescale=cfg.init_rescale)
         log.info("starting from the weights of %s", cfg.init_from)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
