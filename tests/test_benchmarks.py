@@ -126,14 +126,16 @@ def test_gate_samplers_reproduces_the_gate_at_eta_zero(tiny_diffusion, cells, tm
 
 
 def test_gate_samplers_lesion_rows_on_disks_of_known_size():
-    """Disks of 8 mm (real) against 10 mm (samples) at the CT model's 0.8 mm: the rows are the readouts' mean differences."""
+    """Disks of 8 mm (real) against 10 mm (samples) at 0.8 mm in the shipped CT model's window: the rows are the readouts' mean differences."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from diffex.models.diffusion import DiffusionModel
     from diffex.report.ct_morphology import measure_lesion
 
     bench = _load("gate_samplers")
-    model = SimpleNamespace(info=DiffusionModel.load(REPO / "sample_data" / "ct" / "models" / "diffusion").info)
+    info = DiffusionModel.load(REPO / "sample_data" / "ct" / "models" / "diffusion").info
+    model = SimpleNamespace(info=replace(info, ct={**info.ct, "spacing_mm": 0.8}))
     yy, xx = np.mgrid[:32, :32] * 0.8 - 15.5 * 0.8  # mm from the centre
 
     def disks(diameter_mm, hu, n=4):

@@ -309,11 +309,11 @@ def test_demo_on_sample_data(tmp_path):
 
 @pytest.mark.slow
 def test_ct_demo_on_sample_data(tmp_path):
-    """`diffex demo --modality ct` on the shipped CT models: a report in HU and mm (a few minutes on 2 CPU cores)."""
+    """`diffex demo --modality ct` on the shipped CT models: a report in HU and mm (about 14 min on 2 CPU cores)."""
     r = CliRunner().invoke(app, ["demo", "--modality", "ct", "--out", str(tmp_path / "demo"), "--device", "cpu", "-q"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert res["n_images"] == 200 and res["imaging"]["spacing_mm"] == 0.8
+    assert res["n_images"] == 200 and res["imaging"]["spacing_mm"] == 0.4
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "HU" in html and " mm" in html and "lesions" in html
 
