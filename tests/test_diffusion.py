@@ -294,6 +294,10 @@ def test_init_rescale_starts_from_a_model_of_another_size(cells, tiny_diffusion,
     assert dm.info.image_size == 12
     for (k, a), (_, b) in zip(dm.unet.state_dict().items(), dm_ref.unet.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    # at 24 px no level is <= attention_max_res 8 (24, 12), so the 16 px model's attention at 8 px has nowhere to go
+    with pytest.raises(DiffexError, match="another UNet architecture.*attention_max_res can place self-attention elsewhere"):
+        train_diffusion(cells, tmp_path / "z", _tiny_cfg(size=24, steps=1, init_from=str(out_ref), init_rescale=True),
+                        device="cpu", show_progress=False)
 
 
 def test_init_rescale_lets_only_the_spacing_differ(tiny_diffusion, tmp_path):
