@@ -310,15 +310,15 @@ def test_init_rescale_lets_only_the_spacing_differ(tiny_diffusion, tmp_path):
     lung = [{"name": "lung", "low": -1350.0, "high": 150.0}]
     ct = {"modality": "ct", "spacing_mm": 0.8, "windows": lung}
     folder = DiffusionModel(dm_ref.unet, dm_ref.scheduler_config, replace(dm_ref.info, ct=ct)).save(tmp_path / "ct")
-    unet = build_unet(UNetSpec(**TINY_UNET), 2, 32)
+    unet = build_unet(UNetSpec(**TINY_UNET), 2, 12)  # 12 px: attention at the 6 px level, as at 16 px
     finer = {**ct, "spacing_mm": 0.4}
-    assert initial_model(folder, unet, 2, 32, finer, rescale=True).info.ct == ct
+    assert initial_model(folder, unet, 2, 12, finer, rescale=True).info.ct == ct
     with pytest.raises(DiffexError, match="another geometry"):
         initial_model(folder, unet, 2, 16, finer)
     with pytest.raises(DiffexError, match="another modality or windows"):
-        initial_model(folder, unet, 2, 32, {**finer, "windows": [{"name": "mediastinum", "low": -125.0, "high": 225.0}]}, rescale=True)
+        initial_model(folder, unet, 2, 12, {**finer, "windows": [{"name": "mediastinum", "low": -125.0, "high": 225.0}]}, rescale=True)
     with pytest.raises(DiffexError, match="another modality or windows"):
-        initial_model(folder, unet, 2, 32, None, rescale=True)
+        initial_model(folder, unet, 2, 12, None, rescale=True)
 
 
 def test_init_from_another_architecture_is_an_error(cells, tiny_diffusion, tmp_path):
