@@ -61,7 +61,8 @@ def initial_model(folder: str | Path, unet: torch.nn.Module, in_channels: int, s
         raise DiffexError(f"{folder}: init_from model takes {info.in_channels} channel(s) at {info.image_size} px; "
                           f"this run trains {in_channels} at {size} px"
                           + ("" if info.in_channels != in_channels else " (init_rescale: true starts from another size)"))
-    if (_scale_free(info.ct) != _scale_free(ct)) if rescale else info.ct != ct:
+    theirs, mine = (_scale_free(info.ct), _scale_free(ct)) if rescale else (info.ct, ct)
+    if theirs != mine:
         what = "another modality or windows" if rescale else "another geometry"
         raise DiffexError(f"{folder}: init_from model reads images with {what} ({info.ct}) than this run ({ct})")
     try:
