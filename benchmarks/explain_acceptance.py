@@ -43,6 +43,11 @@ def _print_attributes(res, v) -> None:
               + (f"  {worst} {drift:.0%}" if worst else "  –"))
 
 
+def _left_out(s: dict) -> str:
+    left = s.get("outside_left_out") or 0
+    return f", {left} of {s['n_full_strength']} renders not counted: reconstruction outside already" if left else ""
+
+
 def _verdict(factor: str, s: dict) -> str:
     """One factor's match and the criteria it fails, then the attributes that track it but were rejected, and why."""
     rejected = "".join(f"\n  not a match: {k} {reason}" for k, reason in s["rejected"].items())
@@ -51,7 +56,7 @@ def _verdict(factor: str, s: dict) -> str:
     failed = [k for k, ok in s["criteria"].items() if not ok]
     return (f"{factor}: matched by {s['attribute']} (rank {s['rank']}, r {s['r']:+.2f}, other factor |r| {s['other_r']:.2f}, "
             f"AUC {s['auc']:.2f}, p adj {s['p_adjusted']:.2g}, nuisance {s['nuisance_drift']:.0%}, "
-            f"outside the data {s['outside_share']:.0%}): " + ("passed" if not failed else "fails " + ", ".join(failed)) + rejected)
+            f"outside the data {s['outside_share']:.0%}{_left_out(s)}): " + ("passed" if not failed else "fails " + ", ".join(failed)) + rejected)
 
 
 def main(exp: Path, images: Path | None = None, factors: Path | None = None, differs: tuple[str, ...] | None = None) -> int:

@@ -28,6 +28,7 @@ Usage::
     python benchmarks/validity.py prepare --root runs/validity          # data + models (hours on a CPU)
     python benchmarks/validity.py run --root runs/validity --device cpu  # one explain run per method x configuration, then the table
     python benchmarks/validity.py score EXPERIMENT_DIR --images DIR --factors CSV   # one experiment
+    python benchmarks/validity.py rescore --root runs/validity runs/validity/experiments/*/*/   # finished runs, scored again
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ HERE = Path(__file__).resolve().parent / "validity"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # validity_score, validity_table
 
 from validity_score import *  # noqa: E402,F401,F403 - scoring: constants and functions, re-exported
-from validity_score import _real_measurements  # noqa: E402,F401 - used by tests
+from validity_score import _real_measurements  # noqa: E402 - rescore (and tests)
 
 # settings of the benchmark's explain runs (CPU-sized; the defaults otherwise)
 EXPLAIN = {"max_images": 120, "gradient_images": 32, "rank_images": 32, "max_attributes": 2, "directions_per_method": 4,
@@ -137,10 +138,36 @@ def run(root: Path, out: Path, device: str, methods: list[str] | None = None, co
                 print(f"  {cfg.name}/{m}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 if not shared.exists():
                     shutil.copytree(exp / "cache" / "inversions", shared)
-            row = {"configuration": cfg.name, "modality": cfg.modality, "method": m, "differs": list(cfg.differs),
-                   **score(exp, p["images"], p["factors"], cfg.differs)}
-            row["diffusion_gate_passed"] = gate_passed(p["diffusion"])
-            rows.append(row)
+            rows.append(_row(cfg, m, exp, p, gate=gate_passed(p["diffusion"])))
+    return rows
+
+
+def _row(cfg: Configuration, method: str, exp: Path, p: dict, gate: bool, real=None) -> dict:
+    return {"configuration": cfg.name, "modality": cfg.modality, "method": method, "differs": list(cfg.differs),
+            **score(exp, p["images"], p["factors"], cfg.differs, real), "diffusion_gate_passed": gate}
+
+
+def rescore(root: Path, folders: list[Path]) -> list[dict]:
+    """Score finished experiment folders (CONFIGURATION/METHOD, e.g. made by ``run``) again, without running explain;
+    the diffusion gate is the one the run recorded. The real images are measured once per configuration and size.
+    Folders without results.json (e.g. a configuration's shared ``inversions``) are skipped with a note."""
+    from diffex.report.results import read_results
+
+    by_name, rows, real = {c.name: c for c in CONFIGURATIONS}, [], {}
+    for exp in folders:
+        cfg = by_name.get(exp.parent.name)
+        if cfg is None:
+            raise SystemExit(f"{exp}: not an experiment folder CONFIGURATION/METHOD with CONFIGURATION one of {list(by_name)}")
+        if not (exp / "results.json").exists():
+            print(f"{exp}: skipped, no results.json (not a finished run)", file=sys.stderr)
+            continue
+        p, res = cfg.paths(root), read_results(exp / "results.json")
+        key = (cfg.name, res.diffusion_model.image_size)
+        if key not in real:
+            real[key] = _real_measurements(p["images"], res.diffusion_model.image_size, res.channel_names, res.imaging)
+        rows.append(_row(cfg, exp.name, exp, p, gate=res.quality_gate_passed, real=real[key]))
+    if not rows:
+        raise SystemExit("no finished experiment folder among " + ", ".join(map(str, folders)))
     return rows
 
 
@@ -165,6 +192,9 @@ def main(argv=None) -> int:
     b.add_argument("--configuration", action="append", help="only these configurations")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an explain setting over the benchmark's own (e.g. selection_min_auc=0.7); use another --out")
+    d = sub.add_parser("rescore", help="score finished experiment folders again (no explain run) and print the table")
+    d.add_argument("folders", type=Path, nargs="+", help="experiment folders CONFIGURATION/METHOD")
+    d.add_argument("--root", type=Path, default=REPO / "runs" / "validity")
     c = sub.add_parser("score")
     c.add_argument("experiment", type=Path)
     c.add_argument("--images", type=Path, required=True)
@@ -177,6 +207,10 @@ def main(argv=None) -> int:
     elif args.cmd == "run":
         extra = dict(kv.split("=", 1) for kv in args.set)
         rows = run(args.root, args.out or args.root / "experiments", args.device, args.method, args.configuration, extra)
+        print(json.dumps(rows, indent=1))
+        print(table(rows))
+    elif args.cmd == "rescore":
+        rows = rescore(args.root, args.folders)
         print(json.dumps(rows, indent=1))
         print(table(rows))
     else:

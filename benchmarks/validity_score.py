@@ -7,6 +7,10 @@ the target condition has the higher mean of the factor in the factors CSV and fa
 (iii) its full-strength renders stay in the data: for the factor's measurement and each nuisance
 measurement, at most ``MAX_OUTSIDE_SHARE`` of the full-strength renders (the "random sample" rows
 of morphology.csv at the largest |strength|) lie outside the real images' 1st-99th percentile range.
+A render is counted for a measurement only if its image's reconstruction (the strength-0 row) is
+inside that range: an image the diffusion model already reconstructs outside it was not taken
+there by the edit (as the flip rate leaves out images already at the target). Renders without a
+strength-0 row are counted; how many renders were left out is reported beside the share.
 Of the matches, the lowest-ranked one that meets every criterion below is the factor's match
 (else the lowest-ranked one); attributes that track the factor but are rejected are reported with
 the reason ("wrong sign", "leaves the data").
@@ -53,7 +57,8 @@ DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of t
 MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
 CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
 FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
-           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst", "consistency")
+           "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst", "outside_left_out",
+           "n_full_strength", "consistency")
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -139,19 +144,45 @@ def data_ranges(real: dict[str, np.ndarray], columns) -> dict[str, tuple[float, 
     return out
 
 
-def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]]) -> tuple[float | None, str | None]:
-    """The largest share, over the measurements, of renders outside the real range, and that measurement.
+def zero_strength(rows: list[dict], att_id: str) -> dict[str, dict]:
+    """The attribute's strength-0 row (the reconstruction) of each image, by image name."""
+    return {str(r["ImageName"]): r for r in rows if str(r["attribute"]) == att_id and r["Strength"] == 0}
 
-    A missing or non-finite measurement (no object found) is outside. (None, None) without renders.
+
+def _inside(row: dict, column: str, lo: float, hi: float) -> bool:
+    v = row.get(column)
+    return isinstance(v, float) and lo <= v <= hi  # missing or NaN (no object found): outside
+
+
+def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]],
+                  zero: dict[str, dict] | None = None) -> tuple[float | None, str | None, int]:
+    """The largest share, over the measurements, of renders outside the real range; that measurement; and how many
+    renders were left out of at least one measurement's count.
+
+    A render is left out of a measurement's count when ``zero`` (image name -> strength-0 row) has its image's
+    reconstruction outside that measurement's range already; renders without a strength-0 row are counted.
+    A missing or non-finite measurement (no object found) is outside. (None, None, n) when nothing is counted.
+
+    >>> rows = [{"ImageName": "a", "x": 5.0}, {"ImageName": "b", "x": 0.5}, {"ImageName": "c", "x": 2.0}]
+    >>> outside_share(rows, {"x": (1.0, 3.0)})
+    (0.6666666666666666, 'x', 0)
+    >>> outside_share(rows, {"x": (1.0, 3.0)}, zero={"b": {"x": 0.6}})  # b's reconstruction is outside already
+    (0.5, 'x', 1)
     """
-    if not rows:
-        return None, None
-    share, worst = 0.0, None
+    zero = zero or {}
+    share, worst, left_out, counted_any = 0.0, None, set(), False
     for c, (lo, hi) in ranges.items():
-        out = float(np.mean([not (isinstance(r.get(c), float) and lo <= r[c] <= hi) for r in rows]))
-        if out > share:
-            share, worst = out, c
-    return share, worst
+        counted = []
+        for i, r in enumerate(rows):
+            z = zero.get(str(r.get("ImageName")))
+            if z is not None and not _inside(z, c, lo, hi):
+                left_out.add(i)
+            else:
+                counted.append(not _inside(r, c, lo, hi))
+        counted_any = counted_any or bool(counted)
+        if counted and float(np.mean(counted)) > share:
+            share, worst = float(np.mean(counted)), c
+    return (share, worst, len(left_out)) if counted_any else (None, None, len(left_out))
 
 
 def nuisance_drift(att, nuisance: dict[str, str] | None = None, scale: dict[str, float] | None = None) -> tuple[float | None, str | None]:
@@ -186,12 +217,15 @@ def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_fli
     measure, nuisance = readouts.measure, readouts.nuisance
     col = measure[factor]
     drift, drift_worst = nuisance_drift(att, nuisance, readouts.drift_scale)
-    share, share_worst = outside_share(full_strength(rows, att.id), {c: ranges[c] for c in (col, *nuisance.values()) if c in ranges})
+    full = full_strength(rows, att.id)
+    share, share_worst, left_out = outside_share(full, {c: ranges[c] for c in (col, *nuisance.values()) if c in ranges},
+                                                 zero_strength(rows, att.id))
     return {"target": att.target, "rank": att.rank, "r": trend_r(att, col), "expected_sign": sign,
             "other_r": max((abs(trend_r(att, measure[g])) for g in measure if g != factor), default=0.0),
             "auc": att.separation_auc, "p_adjusted": att.separation_p_adjusted, "flip_rate": att.flip_rate,
             "baseline_at_target": att.baseline_at_target, "n_eligible": att.n_eligible, "top_flips": top_flips,
             "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst,
+            "outside_left_out": left_out, "n_full_strength": len(full),
             "consistency": float(getattr(att, "consistency", float("nan")))}
 
 
@@ -216,7 +250,7 @@ def rejection(fig: dict) -> str | None:
     if not criteria(fig)["sign"]:
         return f"wrong sign (r = {fig['r']:+.2f}, the ground truth says {'+' if fig['expected_sign'] > 0 else '-'})"
     if fig["outside_share"] is None:
-        return "leaves the data (no full-strength renders in morphology.csv to check)"
+        return "leaves the data (no full-strength renders in morphology.csv to check, or every reconstruction outside)"
     if fig["outside_share"] > MAX_OUTSIDE_SHARE:
         return f"leaves the data ({fig['outside_share']:.0%} of full-strength renders outside the real {fig['outside_worst']})"
     return None
@@ -274,14 +308,34 @@ def proximity(exp: Path, top: list, display_ranges: dict) -> dict:
 
 
 def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict], measure: dict | None = None) -> dict:
-    """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity)."""
+    """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity), and
+    ``proxy_other_r_*``, the largest |r| within one condition of that measurement with another true factor.
+
+    The second says whether the ``specific`` bar can be met at all: within a condition the true factors vary
+    independently, so a measurement that follows another factor there would tie the two in any render.
+
+    >>> truth = [{"path": f"c{i}", "condition": "c", "a": a, "b": b} for i, (a, b) in enumerate(zip("1234", "2413"))]
+    >>> out = proxy_validity([f"c{i}" for i in range(4)], {"A": np.r_[1.0, 2, 3, 4], "B": np.r_[1.0, 2, 3, 4]}, truth,
+    ...                      {"a": "A", "b": "B"})
+    >>> [round(out[k], 6) for k in ("proxy_r_a", "proxy_other_r_a", "proxy_r_b", "proxy_other_r_b")]
+    [1.0, 0.0, 0.0, 1.0]
+    """
     from scipy.stats import spearmanr
 
-    by_path = {r["path"]: r for r in truth}
-    out = {}
-    for f, col in (measure or MEASURE).items():
-        pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)]
-        out[f"proxy_r_{f}"] = float(spearmanr(*zip(*pairs))[0]) if len(pairs) > 2 else None
+    measure, by_path, out = measure or MEASURE, {r["path"]: r for r in truth}, {}
+
+    def r_of(f: str, col: str, condition: str | None = None) -> float | None:
+        pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)
+                 and condition in (None, by_path[p]["condition"])]
+        if len(pairs) < 3 or min(len(set(x)) for x in zip(*pairs)) < 2:
+            return None  # too few images, or constant: no correlation defined
+        return float(spearmanr(*zip(*pairs))[0])
+
+    conditions = sorted({r["condition"] for r in truth})
+    for f, col in measure.items():
+        out[f"proxy_r_{f}"] = r_of(f, col)
+        others = [abs(r) for g in measure if g != f for c in conditions if (r := r_of(g, col, c)) is not None]
+        out[f"proxy_other_r_{f}"] = max(others) if others else None
     return out
 
 

@@ -19,6 +19,11 @@ def _match_cell(v: dict, c: dict) -> str:
     return "none" + (f" ({why})" if why else "")
 
 
+def _outside_cell(v: dict, c: dict) -> str:
+    left = v.get("outside_left_out") or 0  # absent in scores made before it was counted
+    return f"{v['outside_share']:.0%}{_mark(c['in_data'])}" + (f" ({left} of {v['n_full_strength']})" if left else "")
+
+
 # per-factor columns of the table: header -> cell of one factor's score v with its criteria c; the columns after
 # the first two only for a matched factor
 TOP_RANK, MIN_R, MAX_OTHER_R, MIN_AUC, MAX_P_ADJUSTED = vb.TOP_RANK, vb.MIN_R, vb.MAX_OTHER_R, vb.MIN_AUC, vb.MAX_P_ADJUSTED
@@ -34,7 +39,7 @@ FACTOR_COLUMNS = {
     "flip rate (baseline)": lambda v, c: f"{v['flip_rate']:.0%} ({v['baseline_at_target']:.0%})",
     f"top-{TOP_RANK} flips ≥ {MIN_TOP_FLIPS:.0%}": lambda v, c: f"{v['top_flips']:.0%}{_mark(c['flips'])}",
     f"nuisance drift < {MAX_DRIFT:.0%}": lambda v, c: f"{v['nuisance_drift']:.0%}{_mark(c['nuisance'])}",
-    f"renders outside data ≤ {MAX_OUTSIDE_SHARE:.0%}": lambda v, c: f"{v['outside_share']:.0%}{_mark(c['in_data'])}",
+    f"renders outside data ≤ {MAX_OUTSIDE_SHARE:.0%} (not counted: reconstruction outside)": _outside_cell,
     "consistency": lambda v, c: f"{v['consistency']:.0%}" if v.get("consistency") is not None and v["consistency"] == v["consistency"] else "–",
 }
 FACTOR_NAMES = {"nucleus_radius": "nuclear size", "actin_level": "cytoplasm", "diameter_mm": "nodule diameter",
@@ -65,10 +70,20 @@ def _fmt(v, pct=False) -> str:
     return str(v)
 
 
+def _proxy_cell(row: dict) -> str:
+    """Per factor: on the real images, r of its measurement with it, and the largest |r| with another factor within a condition."""
+    cells = []
+    for f in (vb.MEASURE_CT if row.get("modality") == "ct" else vb.MEASURE):
+        own, other = row.get(f"proxy_r_{f}"), row.get(f"proxy_other_r_{f}")
+        cells.append("n/a" if f not in row["differs"] else f"{'–' if own is None else f'{own:+.2f}'}, {_fmt(other)}")
+    return " / ".join(cells)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of the scored runs: one row per configuration x method; per-factor cells 'nuclear size / cytoplasm'."""
     heads = ["configuration (differs in)", "method", *FACTOR_COLUMNS, "shift (SD), ends in data (rank 1)", "L1 (rank 1)", "SSIM (rank 1)",
-             "realism median abs z", "renders with abs z > 4", "diffusion gate"]
+             "realism median abs z", "renders with abs z > 4", "measurement on real images: r own factor, abs r other (within condition)",
+             "diffusion gate"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
         diff = ", ".join(FACTOR_NAMES[f] for f in r["differs"])
@@ -78,7 +93,7 @@ def table(rows: list[dict]) -> str:
                  else "× mean ‖h‖" if unit == "h_norm" else "–")  # None: no rank-1 attribute
         cells = [f"{r['configuration']} ({diff})", method, *(_factor_cell(r, h) for h in FACTOR_COLUMNS), shift,
                  _fmt(r["l1"]), _fmt(r["ssim"]), _fmt(r["realism_median_abs_z"]), _fmt(r["realism_share_any_z_over_4"], True),
-                 _fmt(r.get("diffusion_gate_passed"))]
+                 _proxy_cell(r), _fmt(r.get("diffusion_gate_passed"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

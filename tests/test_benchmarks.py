@@ -90,7 +90,9 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     gated = validity.run(root, tmp_path / "gated", "cpu", methods=["gradient"], settings={"selection_min_auc": 0.999})
     assert "selection_min_auc: 0.999" in (tmp_path / "gated" / "tiny" / "explain.yaml").read_text()
     assert gated[0]["attributes"] == 0 and gated[0]["strength_unit"] is None
-    assert validity.table(gated).splitlines()[-1].endswith("| – / n/a | – | – | – | – | – | " + ("✓" if gate else "✗") + " |")
+    g = gated[0]
+    proxy = f"{g['proxy_r_nucleus_radius']:+.2f}, {g['proxy_other_r_nucleus_radius']:.2f} / n/a"  # the real images' readout
+    assert validity.table(gated).splitlines()[-1].endswith(f"| – / n/a | – | – | – | – | – | {proxy} | " + ("✓" if gate else "✗") + " |")
 
 
 def test_gate_samplers_reproduces_the_gate_at_eta_zero(tiny_diffusion, cells, tmp_path):
