@@ -147,9 +147,26 @@ def _row(cfg: Configuration, method: str, exp: Path, p: dict, gate: bool, real=N
             **score(exp, p["images"], p["factors"], cfg.differs, real), "diffusion_gate_passed": gate}
 
 
+def _check_images(exp: Path, recorded: Path, images: Path) -> None:
+    """Refuse to score a folder against other images than it explained (compared file by file where the paths differ)."""
+    from diffex.report.folder import read_morphology
+
+    if recorded.resolve() == images.resolve():
+        return
+    if not recorded.is_dir():
+        print(f"{exp}: the images it explained ({recorded}) are gone; scoring against {images}", file=sys.stderr)
+        return
+    names = sorted({str(r["ImageName"]) for r in read_morphology(exp / "morphology.csv")})
+    differ = [n for n in names if not (images / n).is_file() or (images / n).read_bytes() != (recorded / n).read_bytes()]
+    if differ:
+        raise SystemExit(f"{exp}: it explained {recorded}, but {images} (from --root) differs there ({differ[0]}); "
+                         "pass the --root its configuration was made under")
+
+
 def rescore(root: Path, folders: list[Path]) -> list[dict]:
     """Score finished experiment folders (CONFIGURATION/METHOD, e.g. made by ``run``) again, without running explain;
-    the diffusion gate is the one the run recorded. The real images are measured once per configuration and size.
+    the diffusion gate is the one the run recorded. The real images are measured once per configuration and size; a
+    folder that explained other images than the configuration's under ``root`` is refused.
     Folders without results.json (e.g. a configuration's shared ``inversions``) are skipped with a note."""
     from diffex.report.results import read_results
 
@@ -162,6 +179,7 @@ def rescore(root: Path, folders: list[Path]) -> list[dict]:
             print(f"{exp}: skipped, no results.json (not a finished run)", file=sys.stderr)
             continue
         p, res = cfg.paths(root), read_results(exp / "results.json")
+        _check_images(exp, Path(res.images), p["images"])
         key = (cfg.name, res.diffusion_model.image_size)
         if key not in real:
             real[key] = _real_measurements(p["images"], res.diffusion_model.image_size, res.channel_names, res.imaging)

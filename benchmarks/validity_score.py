@@ -8,9 +8,11 @@ the target condition has the higher mean of the factor in the factors CSV and fa
 measurement, at most ``MAX_OUTSIDE_SHARE`` of the full-strength renders (the "random sample" rows
 of morphology.csv at the largest |strength|) lie outside the real images' 1st-99th percentile range.
 A render is counted for a measurement only if its image's reconstruction (the strength-0 row) is
-inside that range: an image the diffusion model already reconstructs outside it was not taken
-there by the edit (as the flip rate leaves out images already at the target). Renders without a
-strength-0 row are counted; how many renders were left out is reported beside the share.
+inside that range, or the edit takes it further out (by more than ``FURTHER_OUT`` of the range's
+width, or across it): an image the diffusion model already reconstructs outside was not taken there
+by the edit (as the flip rate leaves out images already at the target). Renders without a
+strength-0 row are counted, and so is every render of a measurement for which fewer than half
+would be; how many renders were left out is reported beside the share.
 Of the matches, the lowest-ranked one that meets every criterion below is the factor's match
 (else the lowest-ranked one); attributes that track the factor but are rejected are reported with
 the reason ("wrong sign", "leaves the data").
@@ -53,6 +55,7 @@ MIN_AUC = 0.7  # separation of the conditions along the match
 MAX_P_ADJUSTED = 0.01
 MAX_DRIFT = 0.10  # largest relative change of a nuisance measurement at +-strength
 MAX_OUTSIDE_SHARE = 0.10  # share of full-strength renders outside the real data's range, per measurement
+FURTHER_OUT = 0.05  # a render of an image reconstructed outside counts when the edit takes it this much further (x range)
 DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of the data"
 MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
 CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
@@ -146,12 +149,30 @@ def data_ranges(real: dict[str, np.ndarray], columns) -> dict[str, tuple[float, 
 
 def zero_strength(rows: list[dict], att_id: str) -> dict[str, dict]:
     """The attribute's strength-0 row (the reconstruction) of each image, by image name."""
-    return {str(r["ImageName"]): r for r in rows if str(r["attribute"]) == att_id and r["Strength"] == 0}
+    return {str(r["ImageName"]): r for r in rows if str(r["attribute"]) == att_id and abs(r["Strength"]) < 1e-9}
 
 
-def _inside(row: dict, column: str, lo: float, hi: float) -> bool:
+def _distance(row: dict, column: str, lo: float, hi: float) -> float:
+    """How far the row's value lies outside [lo, hi], signed: < 0 below, > 0 above, 0 inside; NaN when missing."""
     v = row.get(column)
-    return isinstance(v, float) and lo <= v <= hi  # missing or NaN (no object found): outside
+    if not isinstance(v, float) or not np.isfinite(v):
+        return float("nan")  # no object found
+    return v - hi if v > hi else v - lo if v < lo else 0.0
+
+
+def _outside(render: dict, recon: dict | None, column: str, lo: float, hi: float) -> bool | None:
+    """Whether the render counts as outside the range (None: left out, its reconstruction was outside already).
+
+    A render of an image reconstructed outside is left out unless the edit takes it further out, by more than
+    ``FURTHER_OUT`` of the range's width, or across the range, or loses the object the reconstruction had.
+    """
+    d = _distance(render, column, lo, hi)
+    if recon is None or (d0 := _distance(recon, column, lo, hi)) == 0.0:
+        return not d == 0.0  # NaN (no object) is outside
+    if np.isnan(d0):
+        return None  # no object in the reconstruction: nothing to compare the render with
+    further = np.isnan(d) or np.sign(d) == -np.sign(d0) or abs(d) > abs(d0) + FURTHER_OUT * (hi - lo)
+    return True if further else None
 
 
 def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]],
@@ -160,29 +181,32 @@ def outside_share(rows: list[dict], ranges: dict[str, tuple[float, float]],
     renders were left out of at least one measurement's count.
 
     A render is left out of a measurement's count when ``zero`` (image name -> strength-0 row) has its image's
-    reconstruction outside that measurement's range already; renders without a strength-0 row are counted.
-    A missing or non-finite measurement (no object found) is outside. (None, None, n) when nothing is counted.
+    reconstruction outside that measurement's range already and the edit does not take it further out (see
+    ``_outside``); renders without a strength-0 row are counted. When fewer than half the renders would be counted
+    for a measurement, every one is counted there (the check must not lapse). A missing or non-finite measurement
+    (no object found) is outside. (None, None, 0) without renders.
 
     >>> rows = [{"ImageName": "a", "x": 5.0}, {"ImageName": "b", "x": 0.5}, {"ImageName": "c", "x": 2.0}]
     >>> outside_share(rows, {"x": (1.0, 3.0)})
     (0.6666666666666666, 'x', 0)
     >>> outside_share(rows, {"x": (1.0, 3.0)}, zero={"b": {"x": 0.6}})  # b's reconstruction is outside already
     (0.5, 'x', 1)
+    >>> outside_share(rows, {"x": (1.0, 3.0)}, zero={"b": {"x": 0.9}})  # ... and the edit takes it further out
+    (0.6666666666666666, 'x', 0)
     """
+    if not rows:
+        return None, None, 0
     zero = zero or {}
-    share, worst, left_out, counted_any = 0.0, None, set(), False
+    share, worst, left_out = 0.0, None, set()
     for c, (lo, hi) in ranges.items():
-        counted = []
-        for i, r in enumerate(rows):
-            z = zero.get(str(r.get("ImageName")))
-            if z is not None and not _inside(z, c, lo, hi):
-                left_out.add(i)
-            else:
-                counted.append(not _inside(r, c, lo, hi))
-        counted_any = counted_any or bool(counted)
-        if counted and float(np.mean(counted)) > share:
-            share, worst = float(np.mean(counted)), c
-    return (share, worst, len(left_out)) if counted_any else (None, None, len(left_out))
+        verdicts = [_outside(r, zero.get(str(r.get("ImageName"))), c, lo, hi) for r in rows]
+        if sum(v is not None for v in verdicts) * 2 < len(rows):  # mostly reconstructed outside: count every render
+            verdicts = [_outside(r, None, c, lo, hi) for r in rows]
+        left_out.update(i for i, v in enumerate(verdicts) if v is None)
+        out = float(np.mean([v for v in verdicts if v is not None]))
+        if out > share:
+            share, worst = out, c
+    return share, worst, len(left_out)
 
 
 def nuisance_drift(att, nuisance: dict[str, str] | None = None, scale: dict[str, float] | None = None) -> tuple[float | None, str | None]:
@@ -250,7 +274,7 @@ def rejection(fig: dict) -> str | None:
     if not criteria(fig)["sign"]:
         return f"wrong sign (r = {fig['r']:+.2f}, the ground truth says {'+' if fig['expected_sign'] > 0 else '-'})"
     if fig["outside_share"] is None:
-        return "leaves the data (no full-strength renders in morphology.csv to check, or every reconstruction outside)"
+        return "leaves the data (no full-strength renders in morphology.csv to check)"
     if fig["outside_share"] > MAX_OUTSIDE_SHARE:
         return f"leaves the data ({fig['outside_share']:.0%} of full-strength renders outside the real {fig['outside_worst']})"
     return None
@@ -326,7 +350,7 @@ def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[di
 
     def r_of(f: str, col: str, condition: str | None = None) -> float | None:
         pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)
-                 and condition in (None, by_path[p]["condition"])]
+                 and np.isfinite(float(by_path[p][f])) and condition in (None, by_path[p]["condition"])]
         if len(pairs) < 3 or min(len(set(x)) for x in zip(*pairs)) < 2:
             return None  # too few images, or constant: no correlation defined
         return float(spearmanr(*zip(*pairs))[0])

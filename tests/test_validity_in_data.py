@@ -49,10 +49,35 @@ def test_renders_of_images_reconstructed_outside_the_data_are_not_counted(tmp_pa
     assert (f["attribute"] == "a1") == (share <= 0.1)
 
 
-def test_when_every_reconstruction_is_outside_nothing_shows_the_render_in_the_data(tmp_path):
-    rows = morphology_rows("a1", INSIDE, reconstructed_outside=dict.fromkeys(COLUMNS, 10))
+@pytest.mark.parametrize("recon, render, counted", [
+    (111.0, 1000.0, True),  # reconstructed just above the range (60.4-109.6), rendered far above: the edit's doing
+    (111.0, 112.0, False),  # 1 further out, under 5 % of the range's width (2.46): left where it was
+    (111.0, 30.0, True),  # across the range, out on the other side
+    (111.0, float("nan"), True),  # the edit lost the nucleus the reconstruction had
+])
+def test_an_image_reconstructed_outside_counts_when_the_edit_takes_it_further_out(tmp_path, recon, render, counted):
+    rows = morphology_rows("a1", INSIDE)
+    for r in rows:
+        if r["ImageName"] == "control/c0.tif" and r["Role"] == "random sample":
+            r[DNA] = recon if r["Strength"] == 0 else render if abs(r["Strength"]) == 1 else r[DNA]
+    f = validity.figures(attribute("a1", r_dna=0.9), "nucleus_radius", 1, validity.random_rows(rows), validity.data_ranges(REAL, COLUMNS))
+    assert (f["outside_share"], f["outside_left_out"]) == ((0.1, 0) if counted else (0.0, 2))
+
+
+def test_a_measurement_mostly_reconstructed_outside_is_checked_on_every_render(tmp_path):
+    """Left out for 6 of 10 images, the nuclear area would be judged on 4; instead all 20 renders count, 12 of them outside."""
+    rows = morphology_rows("a1", INSIDE, reconstructed_outside={DNA: 6})
     f = score(tmp_path, [attribute("a1", r_dna=0.9)], ("nucleus_radius",), rows=rows)["factors"]["nucleus_radius"]
-    assert f["attribute"] is None and f["rejected"]["a1"].startswith("leaves the data (no full-strength renders")
+    assert f["attribute"] is None and f["rejected"]["a1"] == f"leaves the data (60% of full-strength renders outside the real {DNA})"
+    rows = morphology_rows("a1", INSIDE, reconstructed_outside={DNA: 5})  # half counted: the rule holds
+    f = score(tmp_path / "half", [attribute("a1", r_dna=0.9)], ("nucleus_radius",), rows=rows)["factors"]["nucleus_radius"]
+    assert (f["attribute"], f["outside_share"], f["outside_left_out"]) == ("a1", 0.0, 10)
+
+
+def test_the_reconstruction_is_found_at_a_strength_of_rounding_size(tmp_path):
+    rows = [{**r, "Strength": -1.1e-16 if r["Strength"] == 0 else r["Strength"]}
+            for r in morphology_rows("a1", INSIDE, reconstructed_outside={DNA: 2})]
+    assert set(validity.zero_strength(validity.random_rows(rows), "a1")) == {f"control/c{i}.tif" for i in range(10)}
 
 
 def test_table_counts_the_renders_left_out(tmp_path):

@@ -294,12 +294,18 @@ def test_rescore_scores_finished_folders_with_the_gate_they_recorded(tmp_path, r
     heldout = tmp_path / "root" / "single_factor" / "heldout"  # the single configuration's images under --root
     shutil.copytree(cells, heldout)
     shutil.copy(cells.parent / "cells_factors.csv", heldout.parent / "heldout_factors.csv")
-    exp = write_folder(tmp_path / "runs" / "single" / "pca", [attribute("a1", r_dna=0.9)], values=inside)
+    exp = write_folder(tmp_path / "runs" / "single" / "pca", [attribute("a1", r_dna=0.9)], values=inside, images=str(heldout))
     (tmp_path / "runs" / "single" / "inversions").mkdir()  # shared inversion cache: skipped
     rows = validity.rescore(tmp_path / "root", [exp, tmp_path / "runs" / "single" / "inversions"])
     expected = validity.score(exp, heldout, heldout.parent / "heldout_factors.csv", ("nucleus_radius",))
     assert [(r["configuration"], r["method"], r["diffusion_gate_passed"]) for r in rows] == [("single", "pca", True)]
     assert rows[0]["factors"] == expected["factors"] and rows[0]["factors"]["nucleus_radius"]["passed"]
+    other = tmp_path / "other"  # a folder explained from other images than the configuration's under --root
+    (other / "control").mkdir(parents=True)
+    (other / "control" / "c0.tif").write_bytes(b"not the same image")
+    write_folder(tmp_path / "runs2" / "single" / "pca", [attribute("a1", r_dna=0.9)], values=inside, images=str(other))
+    with pytest.raises(SystemExit, match="differs there"):
+        validity.rescore(tmp_path / "root", [tmp_path / "runs2" / "single" / "pca"])
     with pytest.raises(SystemExit, match="CONFIGURATION one of"):
         validity.rescore(tmp_path / "root", [tmp_path / "runs" / "nowhere" / "pca"])
     with pytest.raises(SystemExit, match="no finished experiment folder"):
