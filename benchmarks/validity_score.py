@@ -168,7 +168,7 @@ def _outside(render: dict, recon: dict | None, column: str, lo: float, hi: float
     """
     d = _distance(render, column, lo, hi)
     if recon is None or (d0 := _distance(recon, column, lo, hi)) == 0.0:
-        return not d == 0.0  # NaN (no object) is outside
+        return d != 0.0  # NaN (no object) is outside
     if np.isnan(d0):
         return None  # no object in the reconstruction: nothing to compare the render with
     further = np.isnan(d) or np.sign(d) == -np.sign(d0) or abs(d) > abs(d0) + FURTHER_OUT * (hi - lo)
