@@ -6,13 +6,16 @@ factors. Each true factor is matched to an attribute and judged by the rules of
 ``benchmarks/validity.py`` (see its docstring): right sign of the change (from the ground truth),
 |r| >= 0.8 with its factor and <= 0.3 with the other, among the top 3, condition separation
 (AUC >= 0.7, adjusted p < 0.01), nuisance drift of the match < 10 %, full-strength renders within
-the real images' range. This prints every attribute's figures, then each factor's match and the
-criteria it fails. Exit code 0 when every factor passes, 1 otherwise.
+the real images' range. As in the benchmark, the readouts are decoded into factor changes with the
+decoder fitted on the images' generator (``--spec``, default the sample data's; validity_decode.py);
+``--readouts`` scores the raw readouts instead. This prints every attribute's figures, then each
+factor's match and the criteria it fails. Exit code 0 when every factor passes, 1 otherwise.
 
 The real images are those the experiment explained (``images`` in results.json) and the ground
 truth is the CSV the generator wrote beside them (``<images>_factors.csv``) unless given.
 
 Usage: python benchmarks/explain_acceptance.py EXPERIMENT_DIR [--images DIR] [--factors CSV] [--differs FACTOR ...]
+[--spec YAML | --readouts]
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ def _validity():
 
 
 def _print_attributes(res, v) -> None:
-    print(f"{'attribute':<28} {'rank':>4} {'flips (baseline)':>17} " + " ".join(f"{'r ' + f:>18}" for f in v.MEASURE)
-          + "  max nuisance drift")
+    print(f"{'attribute':<28} {'rank':>4} {'flips (baseline)':>17} " + " ".join(f"{'readout r ' + f:>24}" for f in v.MEASURE)
+          + "  max nuisance drift (readouts)")
     for a in res.attributes:
         drift, worst = v.nuisance_drift(a)
         flips = f"{a.flip_rate:.0%} ({a.baseline_at_target:.0%})"
-        print(f"{a.id[:28]:<28} {a.rank:>4} {flips:>17} " + " ".join(f"{v.trend_r(a, col):>+18.2f}" for col in v.MEASURE.values())
+        print(f"{a.id[:28]:<28} {a.rank:>4} {flips:>17} " + " ".join(f"{v.trend_r(a, col):>+24.2f}" for col in v.MEASURE.values())
               + (f"  {worst} {drift:.0%}" if worst else "  –"))
 
 
@@ -59,8 +62,12 @@ def _verdict(factor: str, s: dict) -> str:
             f"outside the data {s['outside_share']:.0%}{_left_out(s)}): " + ("passed" if not failed else "fails " + ", ".join(failed)) + rejected)
 
 
-def main(exp: Path, images: Path | None = None, factors: Path | None = None, differs: tuple[str, ...] | None = None) -> int:
-    """Print the attributes and each factor's verdict; 0 when every factor passes, else 1."""
+def main(exp: Path, images: Path | None = None, factors: Path | None = None, differs: tuple[str, ...] | None = None,
+         spec: Path | None = None, decode: bool = True) -> int:
+    """Print the attributes and each factor's verdict; 0 when every factor passes, else 1.
+
+    ``spec``: the generator YAML of the images (None: the sample data's); ``decode=False``: the raw readouts as the factors.
+    """
     from diffex.report.results import read_results
 
     v = _validity()
@@ -70,7 +77,9 @@ def main(exp: Path, images: Path | None = None, factors: Path | None = None, dif
     factors = Path(factors or images.parent / f"{images.name}_factors.csv")
     if not factors.exists():
         raise SystemExit(f"{factors}: no ground truth; pass --factors")
-    row = v.score(exp, images, factors, tuple(differs or v.MEASURE))
+    modality = "ct" if res.imaging is not None else "microscopy"
+    dec = v.decoder_for(v.Configuration("acceptance", (), spec, modality), res.diffusion_model.image_size) if decode else None
+    row = v.score(exp, images, factors, tuple(differs or v.MEASURE), decoder=dec)
     _print_attributes(res, v)
     print()
     for f, s in row["factors"].items():
@@ -85,8 +94,11 @@ def cli(argv=None) -> int:
     ap.add_argument("--images", type=Path, default=None, help="the real images (default: those of the experiment)")
     ap.add_argument("--factors", type=Path, default=None, help="ground-truth CSV (default: <images>_factors.csv)")
     ap.add_argument("--differs", action="append", default=None, help="factors the conditions differ in (default: both)")
+    ap.add_argument("--spec", type=Path, default=None, help="generator YAML of the images (default: the sample data's)")
+    ap.add_argument("--readouts", action="store_true", help="score the raw readouts, not the decoded factors")
     args = ap.parse_args(argv)
-    return main(args.experiment, args.images, args.factors, tuple(args.differs) if args.differs else None)
+    return main(args.experiment, args.images, args.factors, tuple(args.differs) if args.differs else None, args.spec,
+                not args.readouts)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ brightness -> ``Actin_Intensity_MeanIntensity``; nuisance: cell size, x, y and e
 relative to the patch's width in mm), parenchyma density and margin irregularity (change relative
 to the real images' median magnitude; CT trends are absolute, microscopy ones already relative).
 
-The matching rules and criteria are in ``validity_score.py`` (the scoring of one experiment folder).
+The readouts are coupled (a larger nucleus dims the measured cytoplasm), so they are decoded into
+factor changes with a decoder fitted on the configuration's generator (``validity_decode.py``,
+``validity_oracle.py``: one-factor traversals rendered by the generator itself, the known answers
+the scorer is checked against). The matching rules and criteria are in ``validity_score.py`` (the
+scoring of one experiment folder).
 
 Usage::
 
@@ -34,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -142,9 +147,22 @@ def run(root: Path, out: Path, device: str, methods: list[str] | None = None, co
     return rows
 
 
+@functools.lru_cache(maxsize=None)
+def decoder_for(cfg: Configuration, size: int):
+    """The configuration's readout decoder (validity_decode.py), fitted on its generator's known-answer traversals."""
+    from validity_oracle import generator_spec, oracle_decoder
+
+    print(f"  {cfg.name}: fitting the readout decoder on the generator's one-factor traversals", file=sys.stderr, flush=True)
+    return oracle_decoder(generator_spec(cfg.spec, cfg.modality), size)
+
+
 def _row(cfg: Configuration, method: str, exp: Path, p: dict, gate: bool, real=None) -> dict:
+    from diffex.report.results import read_results
+
+    dec = decoder_for(cfg, read_results(exp / "results.json").diffusion_model.image_size)
     return {"configuration": cfg.name, "modality": cfg.modality, "method": method, "differs": list(cfg.differs),
-            **score(exp, p["images"], p["factors"], cfg.differs, real), "diffusion_gate_passed": gate}
+            **score(exp, p["images"], p["factors"], cfg.differs, real, dec), "diffusion_gate_passed": gate,
+            "decoder": dec.to_dict()}
 
 
 def _check_images(exp: Path, recorded: Path, images: Path) -> None:
@@ -218,6 +236,8 @@ def main(argv=None) -> int:
     c.add_argument("--images", type=Path, required=True)
     c.add_argument("--factors", type=Path, required=True)
     c.add_argument("--differs", action="append", default=None)
+    c.add_argument("--configuration", choices=[cfg.name for cfg in CONFIGURATIONS], default=None,
+                   help="decode the readouts with this configuration's oracle decoder (default: the readouts as the factors)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "prepare":
@@ -232,7 +252,12 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=1))
         print(table(rows))
     else:
-        print(json.dumps(score(args.experiment, args.images, args.factors, tuple(args.differs or MEASURE)), indent=1))
+        dec = None
+        if args.configuration:
+            from diffex.report.results import read_results
+
+            dec = decoder_for({c.name: c for c in CONFIGURATIONS}[args.configuration], read_results(args.experiment / "results.json").diffusion_model.image_size)
+        print(json.dumps(score(args.experiment, args.images, args.factors, tuple(args.differs or MEASURE), decoder=dec), indent=1))
     return 0
 
 

@@ -24,6 +24,14 @@ other factor's measurement; ``separation`` AUC >= ``MIN_AUC`` and Holm-adjusted 
 ``in_data`` as (iii). A factor passes when every criterion holds. Its flip rate is reported beside
 the share of images already at the target (baseline).
 
+**Measurement of the factors.** The readouts are coupled (a larger nucleus dims the measured
+cytoplasm; a more solid nodule has a larger measured diameter), so a perfect one-factor edit,
+rendered by the generator itself, fails ``specific`` on the raw readouts (validity_oracle.py).
+With a ``decoder`` (validity_decode.py, fitted per configuration on the generator's one-factor
+traversals; the benchmark always passes one) the factors' r in (i), ``r`` and ``specific`` are
+measured on the decoded factor changes, and ``nuisance`` on the nuisance readouts' changes that
+the decoded factors do not explain; the raw-readout figures are kept beside them (``*_readout``).
+
 Also, for the rank-1 attributes: proximity, L1 (in units of the display range) and SSIM between
 the full-strength render and the strength-0 render over the example hyperstacks; realism, the
 median |z| of the full-strength renders' measurements against the real images and the share of
@@ -38,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from validity_decode import Decoder, decoded_figures, worst_drift  # noqa: F401 - Decoder: re-exported
+from validity_figures import _mean, full_strength, proximity, proxy_validity, realism  # noqa: F401 - re-exported
 
 MEASURE = {"nucleus_radius": "DNA_AreaShape_Area", "actin_level": "Actin_Intensity_MeanIntensity"}
 NUISANCE = {"cell size": "Actin_AreaShape_Area", "cell x": "Actin_AreaShape_Center_X",
@@ -59,7 +69,8 @@ FURTHER_OUT = 0.05  # a render of an image reconstructed outside counts when the
 DATA_RANGE = (1, 99)  # percentiles of the real images that make "the range of the data"
 MIN_TOP_FLIPS = 0.8  # cumulative flip rate of the match's target's top-3 attributes
 CRITERIA = ("top3", "sign", "r", "specific", "separation", "nuisance", "in_data", "flips")
-FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
+FIGURES = ("target", "rank", "r", "expected_sign", "other_r", "r_readout", "other_r_readout", "nuisance_drift_readout",
+           "measured_on", "own_change", "other_change", "auc", "p_adjusted", "flip_rate", "baseline_at_target",
            "n_eligible", "top_flips", "nuisance_drift", "nuisance_worst", "outside_share", "outside_worst", "outside_left_out",
            "n_full_strength", "consistency")
 
@@ -124,15 +135,6 @@ def trend_r(att, column: str) -> float:
 def random_rows(rows: list[dict]) -> list[dict]:
     """morphology.csv rows of the random sample (every row when there is no Role column)."""
     return [r for r in rows if r.get("Role", RANDOM) == RANDOM]
-
-
-def full_strength(rows: list[dict], att_id: str) -> list[dict]:
-    """The attribute's rows at its largest |strength| (both ends of the traversal)."""
-    mine = [r for r in rows if str(r["attribute"]) == att_id]
-    if not mine:
-        return []
-    top = max(abs(r["Strength"]) for r in mine)
-    return [r for r in mine if np.isclose(abs(r["Strength"]), top)]
 
 
 def data_ranges(real: dict[str, np.ndarray], columns) -> dict[str, tuple[float, float]]:
@@ -236,16 +238,31 @@ MICROSCOPY = Readouts(MEASURE, NUISANCE, {})
 
 
 def figures(att, factor: str, sign: int, rows: list[dict], ranges: dict, top_flips: float = float("nan"),
-            readouts: Readouts = MICROSCOPY) -> dict:
-    """The scores of one attribute as the match of ``factor`` (see FIGURES); ``top_flips``: its target's top-3 cumulative flip rate."""
+            readouts: Readouts = MICROSCOPY, decoder=None) -> dict:
+    """The scores of one attribute as the match of ``factor`` (see FIGURES); ``top_flips``: its target's top-3 cumulative flip rate.
+
+    With a ``decoder`` (validity_decode.py) r, specificity and nuisance drift are measured on the decoded factors;
+    ``*_readout`` keep them on the raw readouts, as they were scored until 2026-11-29.
+    """
     measure, nuisance = readouts.measure, readouts.nuisance
     col = measure[factor]
-    drift, drift_worst = nuisance_drift(att, nuisance, readouts.drift_scale)
+    r_raw = {g: trend_r(att, c) for g, c in measure.items()}
+    drift_raw = nuisance_drift(att, nuisance, readouts.drift_scale)
+    change = {}
+    if decoder is not None:
+        dec = decoded_figures(decoder, rows, att.id, factor)
+        rs, change, (drift, drift_worst) = dec["r"], dec["change"], worst_drift(dec["drift"], nuisance, readouts.drift_scale)
+    else:
+        rs, (drift, drift_worst) = r_raw, drift_raw
     full = full_strength(rows, att.id)
     share, share_worst, left_out = outside_share(full, {c: ranges[c] for c in (col, *nuisance.values()) if c in ranges},
                                                  zero_strength(rows, att.id))
-    return {"target": att.target, "rank": att.rank, "r": trend_r(att, col), "expected_sign": sign,
-            "other_r": max((abs(trend_r(att, measure[g])) for g in measure if g != factor), default=0.0),
+    return {"target": att.target, "rank": att.rank, "r": rs[factor], "expected_sign": sign,
+            "other_r": max((abs(rs[g]) for g in measure if g != factor), default=0.0),
+            "r_readout": r_raw[factor], "other_r_readout": max((abs(r_raw[g]) for g in measure if g != factor), default=0.0),
+            "nuisance_drift_readout": drift_raw[0], "measured_on": "decoded factors" if decoder is not None else "readouts",
+            "own_change": change.get(factor), "other_change": max((change[g] for g in measure if g != factor and g in change),
+                                                                  key=abs, default=None),
             "auc": att.separation_auc, "p_adjusted": att.separation_p_adjusted, "flip_rate": att.flip_rate,
             "baseline_at_target": att.baseline_at_target, "n_eligible": att.n_eligible, "top_flips": top_flips,
             "nuisance_drift": drift, "nuisance_worst": drift_worst, "outside_share": share, "outside_worst": share_worst,
@@ -280,15 +297,19 @@ def rejection(fig: dict) -> str | None:
     return None
 
 
-def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict, readouts: Readouts = MICROSCOPY) -> dict:
-    """The match of one true factor among the attributes, its figures, criteria and the rejected attributes."""
+def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], ranges: dict, readouts: Readouts = MICROSCOPY,
+                 decoder=None) -> dict:
+    """The match of one true factor among the attributes, its figures, criteria and the rejected attributes (tracking the
+    factor: decoded with ``decoder``, else its readout)."""
     col = readouts.measure[factor]
+    r_of = ({a.id: decoded_figures(decoder, rows, a.id, factor)["r"][factor] for a in atts} if decoder is not None
+            else {a.id: trend_r(a, col) for a in atts})
     matches, rejected = [], {}
-    for a in sorted(atts, key=lambda a: (a.rank, -abs(trend_r(a, col)))):
-        if abs(trend_r(a, col)) < MATCH_R:
+    for a in sorted(atts, key=lambda a: (a.rank, -abs(r_of[a.id]))):
+        if abs(r_of[a.id]) < MATCH_R:
             continue
         top_flips = max((b.cumulative_flip_rate for b in atts if b.target == a.target and b.rank <= TOP_RANK), default=float("nan"))
-        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips, readouts)
+        fig = figures(a, factor, expected_sign(truth, factor, a.target), rows, ranges, top_flips, readouts, decoder)
         why = rejection(fig)
         if why:
             rejected[a.id] = why
@@ -302,83 +323,12 @@ def match_factor(atts: list, factor: str, truth: list[dict], rows: list[dict], r
     return {"attribute": a.id, **fig, "criteria": crit, "passed": all(crit.values()), "rejected": rejected}
 
 
-def _proximity(exp: Path, att, ranges: dict) -> tuple[list[float], list[float]]:
-    """L1 (units of the display range) and SSIM between the full-strength and the strength-0 frame of each shown example."""
-    from skimage.metrics import structural_similarity
-
-    from diffex.report.folder import read_hyperstack
-
-    chans = list(ranges)
-    span = np.array([ranges[c][1] - ranges[c][0] for c in chans], float)
-    strengths = np.asarray(att.traversal.strengths)
-    zero, full = int(np.argmin(np.abs(strengths))), len(strengths) - 1
-    l1, ssim = [], []
-    for ex in att.traversal.shown:
-        st = read_hyperstack(exp / "traversals" / ex.file, len(chans))  # (F, C, H, W)
-        a, b = st[full] / span[:, None, None], st[zero] / span[:, None, None]
-        l1.append(float(np.abs(a - b).mean()))
-        ssim.append(float(np.mean([structural_similarity(a[c], b[c], data_range=1.0) for c in range(len(chans))])))
-    return l1, ssim
-
-
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def proximity(exp: Path, top: list, display_ranges: dict) -> dict:
-    """Mean L1 and SSIM over the shown examples of the given attributes."""
-    pairs = [_proximity(exp, a, display_ranges) for a in top if a.traversal is not None]
-    return {"l1": _mean([v for p in pairs for v in p[0]]), "ssim": _mean([v for p in pairs for v in p[1]])}
-
-
-def proxy_validity(paths: list[str], real: dict[str, np.ndarray], truth: list[dict], measure: dict | None = None) -> dict:
-    """On the real images: Spearman r of each factor's measurement with the true factor (the proxy's validity), and
-    ``proxy_other_r_*``, the largest |r| within one condition of that measurement with another true factor.
-
-    The second says whether the ``specific`` bar can be met at all: within a condition the true factors vary
-    independently, so a measurement that follows another factor there would tie the two in any render.
-
-    >>> truth = [{"path": f"c{i}", "condition": "c", "a": a, "b": b} for i, (a, b) in enumerate(zip("1234", "2413"))]
-    >>> out = proxy_validity([f"c{i}" for i in range(4)], {"A": np.r_[1.0, 2, 3, 4], "B": np.r_[1.0, 2, 3, 4]}, truth,
-    ...                      {"a": "A", "b": "B"})
-    >>> [round(out[k], 6) for k in ("proxy_r_a", "proxy_other_r_a", "proxy_r_b", "proxy_other_r_b")]
-    [1.0, 0.0, 0.0, 1.0]
-    """
-    from scipy.stats import spearmanr
-
-    measure, by_path, out = measure or MEASURE, {r["path"]: r for r in truth}, {}
-
-    def r_of(f: str, col: str, condition: str | None = None) -> float | None:
-        pairs = [(float(by_path[p][f]), v) for p, v in zip(paths, real.get(col, [])) if p in by_path and np.isfinite(v)
-                 and np.isfinite(float(by_path[p][f])) and condition in (None, by_path[p]["condition"])]
-        if len(pairs) < 3 or min(len(set(x)) for x in zip(*pairs)) < 2:
-            return None  # too few images, or constant: no correlation defined
-        return float(spearmanr(*zip(*pairs))[0])
-
-    conditions = sorted({r["condition"] for r in truth})
-    for f, col in measure.items():
-        out[f"proxy_r_{f}"] = r_of(f, col)
-        others = [abs(r) for g in measure if g != f for c in conditions if (r := r_of(g, col, c)) is not None]
-        out[f"proxy_other_r_{f}"] = max(others) if others else None
-    return out
-
-
-def realism(rows: list[dict], top: list, real: dict[str, np.ndarray]) -> dict:
-    """Median |z| of the full-strength renders' measurements against the real images, and the share with any |z| > 4."""
-    cols = [c for c in real if np.isfinite(real[c]).sum() > 2 and np.nanstd(real[c]) > 0 and "Center" not in c]
-    full = [r for a in top for r in full_strength(rows, a.id)]
-    if not full or not cols:
-        return {"realism_median_abs_z": None, "realism_share_any_z_over_4": None}
-    z = np.array([[(r[c] - np.nanmean(real[c])) / np.nanstd(real[c]) if isinstance(r.get(c), float) else np.nan for c in cols]
-                  for r in full])
-    return {"realism_median_abs_z": float(np.nanmedian(np.abs(z))),
-            "realism_share_any_z_over_4": float(np.mean(np.nanmax(np.abs(np.nan_to_num(z, nan=99.0)), axis=1) > 4))}
-
-
-def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...], real: Real | None = None) -> dict:
+def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...], real: Real | None = None,
+          decoder=None) -> dict:
     """Score one finished experiment folder against the ground truth of its images.
 
-    ``real``: the real images' (relative paths, measurements); measured from ``images`` when None.
+    ``real``: the real images' (relative paths, measurements); measured from ``images`` when None. ``decoder``: the
+    configuration's (validity_oracle.py); without one the readouts are taken as the factors.
     """
     from diffex.report.folder import read_morphology
     from diffex.report.results import read_results
@@ -390,7 +340,11 @@ def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...
     truth = read_truth(factors)
     rows = random_rows(read_morphology(exp / "morphology.csv"))
     ranges = data_ranges(meas, [*readouts.measure.values(), *readouts.nuisance.values()])
-    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts) for f in differs}
+    if decoder is not None and (tuple(decoder.columns) != tuple(readouts.measure.values())
+                                or set(decoder.nuisance) != set(readouts.nuisance.values())):
+        raise SystemExit(f"{exp}: the decoder reads {decoder.columns} and {decoder.nuisance}, the experiment's readouts are "
+                         f"{tuple(readouts.measure.values())} and {tuple(readouts.nuisance.values())}")
+    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts, decoder) for f in differs}
     top = [a for a in res.attributes if a.rank == 1]
     return {"attributes": len(res.attributes), "elapsed_s": res.elapsed_s, "factors": per_factor,
             "passed": all(v["passed"] for v in per_factor.values()), **strength_figures(res.attributes),

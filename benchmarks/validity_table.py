@@ -24,6 +24,12 @@ def _outside_cell(v: dict, c: dict) -> str:
     return f"{v['outside_share']:.0%}{_mark(c['in_data'])}" + (f" ({left} of {v['n_full_strength']})" if left else "")
 
 
+def _decoded(v: dict, key: str, fmt) -> str:
+    """The decoded figure, and in brackets the raw readouts' where the score was decoded (validity_decode.py)."""
+    raw = v.get(f"{key}_readout")
+    return fmt(v[key]) + (f" ({fmt(raw)})" if v.get("measured_on") == "decoded factors" and raw is not None else "")
+
+
 # per-factor columns of the table: header -> cell of one factor's score v with its criteria c; the columns after
 # the first two only for a matched factor
 TOP_RANK, MIN_R, MAX_OTHER_R, MIN_AUC, MAX_P_ADJUSTED = vb.TOP_RANK, vb.MIN_R, vb.MAX_OTHER_R, vb.MIN_AUC, vb.MAX_P_ADJUSTED
@@ -33,12 +39,16 @@ FACTOR_COLUMNS = {
     PASSED: lambda v, c: "✓" if v["passed"] else "✗",
     "match": _match_cell,
     f"rank ≤ {TOP_RANK}": lambda v, c: f"{v['rank']}{_mark(c['top3'])}",
-    f"r (right sign, abs ≥ {MIN_R})": lambda v, c: f"{v['r']:+.2f}{_mark(c['sign'] and c['r'])}",
-    f"abs r other factor ≤ {MAX_OTHER_R}": lambda v, c: f"{v['other_r']:.2f}{_mark(c['specific'])}",
+    f"r (right sign, abs ≥ {MIN_R}; decoded (readout))":
+        lambda v, c: _decoded(v, "r", lambda x: f"{x:+.2f}") + _mark(c["sign"] and c["r"]),
+    f"abs r other factor ≤ {MAX_OTHER_R}; decoded (readout)": lambda v, c: _decoded(v, "other_r", lambda x: f"{x:.2f}") + _mark(c["specific"]),
+    "decoded change first to last render: own, other factor (x Δ)":
+        lambda v, c: "–" if v.get("own_change") is None else f"{v['own_change']:+.2f}, " + _fmt_signed(v.get("other_change")),
     f"AUC ≥ {MIN_AUC}, p adj < {MAX_P_ADJUSTED}": lambda v, c: f"{v['auc']:.2f}, p {v['p_adjusted']:.2g}{_mark(c['separation'])}",
     "flip rate (baseline)": lambda v, c: f"{v['flip_rate']:.0%} ({v['baseline_at_target']:.0%})",
     f"top-{TOP_RANK} flips ≥ {MIN_TOP_FLIPS:.0%}": lambda v, c: f"{v['top_flips']:.0%}{_mark(c['flips'])}",
-    f"nuisance drift < {MAX_DRIFT:.0%}": lambda v, c: f"{v['nuisance_drift']:.0%}{_mark(c['nuisance'])}",
+    f"nuisance drift < {MAX_DRIFT:.0%}; decoded (readout)":
+        lambda v, c: _decoded(v, "nuisance_drift", lambda x: f"{x:.0%}") + _mark(c["nuisance"]),
     f"renders outside data ≤ {MAX_OUTSIDE_SHARE:.0%} (not counted: reconstruction outside)": _outside_cell,
     "consistency": lambda v, c: f"{v['consistency']:.0%}" if v.get("consistency") is not None and v["consistency"] == v["consistency"] else "–",
 }
@@ -58,6 +68,10 @@ def _factor_cell(row: dict, header: str) -> str:
         else:
             cells.append(FACTOR_COLUMNS[header](sc, sc["criteria"]))
     return " / ".join(cells)
+
+
+def _fmt_signed(v) -> str:
+    return "–" if v is None else f"{v:+.2f}"
 
 
 def _fmt(v, pct=False) -> str:

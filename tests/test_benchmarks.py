@@ -74,6 +74,7 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     shutil.copy(cells.parent / "cells_factors.csv", root / "tiny" / "heldout_factors.csv")
     shutil.copytree(tiny_classifier[0], root / "tiny" / "classifier")
     shutil.copytree(tiny_diffusion[0], root / "tiny" / "diffusion")
+    (tmp_path / "tiny.yaml").write_text("size: 64\n")  # the generator's spec: the sample data's (the decoder's traversals)
     monkeypatch.setattr(validity, "CONFIGURATIONS", (validity.Configuration("tiny", ("nucleus_radius",), tmp_path / "tiny.yaml"),))
     monkeypatch.setattr(validity, "EXPLAIN", {"steps": 3, "t_end": 999, "min_psnr": -100.0, "max_images": 12, "gradient_images": 4,
                                               "rank_images": 6, "max_attributes": 1, "directions_per_method": 2, "screen_top": 2,
@@ -86,6 +87,7 @@ def test_validity_run_smoke(tiny_classifier, tiny_diffusion, cells, tmp_path, mo
     assert [r["diffusion_gate_passed"] for r in rows] == [gate, gate]
     assert all(set(r["factors"]) == {"nucleus_radius"} for r in rows)
     assert validity.table(rows).count("\n") == 3
+    assert all(r["decoder"]["factors"] == ["nucleus_radius", "actin_level"] and r["decoder"]["image_size"] == 16 for r in rows)
     # an explain setting over the benchmark's own (--set): written to the runs' config; a run without attributes gets dashes
     gated = validity.run(root, tmp_path / "gated", "cpu", methods=["gradient"], settings={"selection_min_auc": 0.999})
     assert "selection_min_auc: 0.999" in (tmp_path / "gated" / "tiny" / "explain.yaml").read_text()

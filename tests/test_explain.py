@@ -263,8 +263,11 @@ def test_acceptance_script_runs_on_an_experiment(tiny_classifier, tiny_diffusion
     spec.loader.exec_module(mod)
     rc = mod.main(res.out)
     out = capsys.readouterr().out
-    # the script's verdict is the validity scorer's on the same folder (tiny untrained models: it fails)
-    row = mod._validity().score(res.out, cells, cells.parent / "cells_factors.csv", ("nucleus_radius", "actin_level"))
+    # the script's verdict is the validity scorer's on the same folder, decoded as the benchmark does (tiny untrained
+    # models: it fails)
+    v = mod._validity()
+    dec = v.decoder_for(v.Configuration("acceptance", (), None), res.results.diffusion_model.image_size)
+    row = v.score(res.out, cells, cells.parent / "cells_factors.csv", ("nucleus_radius", "actin_level"), decoder=dec)
     assert rc == (0 if row["passed"] else 1) == 1
     assert "nucleus_radius" in out and "FAILED" in out
 

@@ -185,9 +185,15 @@ def cell_signal(rng: np.random.Generator, f: dict, xx: np.ndarray, yy: np.ndarra
 
 
 def render_cell(
-    rng: np.random.Generator, condition: str, spec: SyntheticSpec
+    rng: np.random.Generator, condition: str, spec: SyntheticSpec, overrides: dict[str, float] | None = None
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Render one cell of ``condition``.
+
+    ``overrides`` (factor -> value, keys of :func:`draw_factors`, e.g. ``nucleus_radius``) replace
+    drawn factors after the draw: every random number is still consumed in the same order, so the
+    same generator state with and without an override gives the same cell with only that factor
+    changed (the validity benchmark's single-factor traversals with a known answer). Factors drawn
+    from the replaced one (the cell radius's floor, the nucleus's offset) keep their drawn values.
 
     Returns
     -------
@@ -200,6 +206,10 @@ def render_cell(
         raise DiffexError(f"unknown condition {condition!r}; spec has {sorted(spec.conditions)}")
     s, scale = spec.size, spec.size / 64.0
     f = draw_factors(rng, spec.conditions[condition], spec)
+    unknown = set(overrides or {}) - set(f)
+    if unknown:
+        raise DiffexError(f"overrides: unknown factors {sorted(unknown)}; known: {sorted(f)}")
+    f.update(overrides or {})
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
     dna, actin, _, nucleus_area = cell_signal(rng, f, xx, yy, scale)
     psf = 0.8 * scale  # optics and sensor

@@ -99,8 +99,15 @@ def _nodule(size: int, cy: float, cx: float, radius_px: float, irregular: np.nda
 
 
 def render_patch(rng: np.random.Generator, condition: str, spec: CTSpec, noise_sd: float,
-                 parenchyma: float) -> tuple[np.ndarray, dict]:
-    """One (size, size) float32 HU patch and its factor values."""
+                 parenchyma: float, overrides: dict[str, float] | None = None) -> tuple[np.ndarray, dict]:
+    """One (size, size) float32 HU patch and its factor values.
+
+    ``overrides`` (factor -> value, e.g. ``diameter_mm``) replace drawn factors after the draw, which
+    consumes the same random numbers either way: the same generator state with and without an
+    override gives the same patch with only that factor changed (the validity benchmark's traversals
+    with a known answer). ``margin_cv`` is derived, not drawn; overriding ``vessels`` changes the
+    random numbers drawn after it.
+    """
     if condition not in spec.conditions:
         raise DiffexError(f"unknown condition {condition!r}; the spec has {sorted(spec.conditions)}")
     cf, s = spec.conditions[condition], spec.size
@@ -112,6 +119,10 @@ def render_patch(rng: np.random.Generator, condition: str, spec: CTSpec, noise_s
          "vessels": int(rng.integers(spec.vessels_range[0], spec.vessels_range[1] + 1)),
          "noise_sd": float(noise_sd), "blur_sd_px": float(rng.uniform(*spec.blur_sd_range)),
          "parenchyma_hu": float(parenchyma)}
+    unknown = set(overrides or {}) - set(f)
+    if unknown:
+        raise DiffexError(f"overrides: unknown factors {sorted(unknown)}; known: {sorted(f)}")
+    f.update(overrides or {})
     radius = f["diameter_mm"] / 2 / spec.spacing_mm  # px
     harmonics = f["irregularity"] * rng.dirichlet(np.ones(3))  # amplitudes of cos(2..4 theta), sum = irregularity
     f["margin_cv"] = float(np.sqrt((harmonics**2).sum() / 2))  # the boundary radius's coefficient of variation
@@ -119,11 +130,11 @@ def render_patch(rng: np.random.Generator, condition: str, spec: CTSpec, noise_s
     # soft edges (0.5 px) for the whole nodule and for its solid core
     nodule = np.clip(inside + 0.5, 0, 1)
     core = np.clip(inside - (1 - f["solid_fraction"]) * radius + 0.5, 0, 1)
-    hu = parenchyma + 25.0 * _texture(rng, s)
+    hu = f["parenchyma_hu"] + 25.0 * _texture(rng, s)
     hu = hu + _vessels(rng, s, f["vessels"]) * (VESSEL_HU - hu)
     hu = hu + nodule * (GROUND_GLASS_HU - hu)
     hu = hu + core * (SOLID_HU - hu)
-    hu = gaussian_filter(hu, f["blur_sd_px"]) + rng.normal(0, noise_sd, (s, s))
+    hu = gaussian_filter(hu, f["blur_sd_px"]) + rng.normal(0, f["noise_sd"], (s, s))
     return np.clip(hu, -1024, 3000).astype(np.float32), f
 
 
