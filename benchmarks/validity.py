@@ -256,7 +256,8 @@ def main(argv=None) -> int:
         if args.configuration:
             from diffex.report.results import read_results
 
-            dec = decoder_for({c.name: c for c in CONFIGURATIONS}[args.configuration], read_results(args.experiment / "results.json").diffusion_model.image_size)
+            cfg = {c.name: c for c in CONFIGURATIONS}[args.configuration]
+            dec = decoder_for(cfg, read_results(args.experiment / "results.json").diffusion_model.image_size)
         print(json.dumps(score(args.experiment, args.images, args.factors, tuple(args.differs or MEASURE), decoder=dec), indent=1))
     return 0
 
