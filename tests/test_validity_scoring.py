@@ -298,7 +298,7 @@ def test_rescore_scores_finished_folders_with_the_gate_they_recorded(tmp_path, r
     resp = np.zeros((6, 2))
     resp[0, 0], resp[1, 1] = 0.05, 0.05
     dec = validity.Decoder(("nucleus_radius", "actin_level"), (DNA, ACTIN), (SIZE, X, Y, ELONG), resp, np.zeros((4, 2)), True, 64.0)
-    monkeypatch.setattr(validity, "decoder_for", lambda name, size: dec)
+    monkeypatch.setattr(validity, "decoder_for", lambda cfg, size: dec)
     heldout = tmp_path / "root" / "single_factor" / "heldout"  # the single configuration's images under --root
     shutil.copytree(cells, heldout)
     shutil.copy(cells.parent / "cells_factors.csv", heldout.parent / "heldout_factors.csv")
