@@ -129,6 +129,15 @@ def _within_limits(drawn: dict, spec, factors: tuple[str, ...], frames: int) -> 
                for f in factors)
 
 
+def _draw_within_limits(rng: np.random.Generator, draw, spec, factors: tuple[str, ...], frames: int, what: str):
+    """``draw(rng)`` -> (generator state before the draw, drawn factors, extras) until the cell's traversals stay in range."""
+    for _ in range(MAX_DRAWS):
+        state, drawn, extras = draw(rng)
+        if _within_limits(drawn, spec, factors, frames):
+            return state, drawn, extras
+    raise SystemExit(f"oracle: no {what} in {MAX_DRAWS} draws whose traversals stay in the generator's range")
+
+
 def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, frames: int = FRAMES) -> list[dict]:
     """OME-TIFF renders of every traversal (:func:`traversal_plan`) under ``folder``/<condition>/; one row (path, condition,
     cell, traversal, frame) per render."""
@@ -138,14 +147,12 @@ def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed:
     rng, rows = np.random.default_rng(seed), []
     for condition in list(spec.conditions)[:2]:
         (folder / condition).mkdir(parents=True, exist_ok=True)
+        def draw(rng, condition=condition):
+            state = _copy(rng)
+            return state, render_cell(rng, condition, spec)[1], ()  # the next draw starts after this one
+
         for i in range(n):
-            for _ in range(MAX_DRAWS):
-                state = _copy(rng)
-                _, drawn = render_cell(rng, condition, spec)  # the next draw starts after this one
-                if _within_limits(drawn, spec, factors, frames):
-                    break
-            else:
-                raise SystemExit(f"oracle: no {condition} cell in {MAX_DRAWS} draws whose traversals stay in the generator's range")
+            state, drawn, _ = _draw_within_limits(rng, draw, spec, factors, frames, f"{condition} cell")
             for name, plan in traversal_plan(factors).items():
                 for k, over in enumerate(_overrides(drawn, spec, plan, frames)):
                     img, _ = render_cell(_copy(state), condition, spec, overrides=over)
@@ -163,15 +170,13 @@ def write_ct(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, fr
     rng, rows = np.random.default_rng(seed), []
     for condition in list(spec.conditions)[:2]:
         (folder / condition).mkdir(parents=True, exist_ok=True)
+        def draw(rng, condition=condition):
+            noise, paren = rng.uniform(*spec.noise_sd_range), rng.uniform(*spec.parenchyma_range)
+            state = _copy(rng)
+            return state, render_patch(rng, condition, spec, noise, paren)[1], (noise, paren)
+
         for i in range(n):
-            for _ in range(MAX_DRAWS):
-                noise, paren = rng.uniform(*spec.noise_sd_range), rng.uniform(*spec.parenchyma_range)
-                state = _copy(rng)
-                _, drawn = render_patch(rng, condition, spec, noise, paren)
-                if _within_limits(drawn, spec, factors, frames):
-                    break
-            else:
-                raise SystemExit(f"oracle: no {condition} patch in {MAX_DRAWS} draws whose traversals stay in the generator's range")
+            state, drawn, (noise, paren) = _draw_within_limits(rng, draw, spec, factors, frames, f"{condition} patch")
             for name, plan in traversal_plan(factors).items():
                 for k, over in enumerate(_overrides(drawn, spec, plan, frames)):
                     hu, _ = render_patch(_copy(state), condition, spec, noise, paren, overrides=over)
