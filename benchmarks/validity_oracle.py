@@ -129,22 +129,33 @@ def _within_limits(drawn: dict, spec, factors: tuple[str, ...], frames: int) -> 
                for f in factors)
 
 
-def _draw_within_limits(rng: np.random.Generator, draw, spec, factors: tuple[str, ...], frames: int, what: str):
-    """``draw(rng)`` -> (generator state before the draw, drawn factors, extras) until the cell's traversals stay in range."""
+def _draw_accepted(rng: np.random.Generator, draw, accept, what: str):
+    """``draw(rng)`` -> (generator state before the draw, drawn factors, extras) until ``accept(drawn)`` (None: the first)."""
     for _ in range(MAX_DRAWS):
         state, drawn, extras = draw(rng)
-        if _within_limits(drawn, spec, factors, frames):
+        if accept is None or accept(drawn):
             return state, drawn, extras
     raise SystemExit(f"oracle: no {what} in {MAX_DRAWS} draws whose traversals stay in the generator's range")
 
 
-def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, frames: int = FRAMES) -> list[dict]:
+def _traversal_renders(spec, factors: tuple[str, ...], frames: int):
+    """The oracle's renders of one cell (patch): ((condition, drawn factors) -> {traversal: overrides per frame}, the draws
+    accepted)."""
+    plan = traversal_plan(factors)
+    return (lambda condition, drawn: {name: _overrides(drawn, spec, p, frames) for name, p in plan.items()},
+            lambda drawn: _within_limits(drawn, spec, factors, frames))
+
+
+def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, frames: int = FRAMES,
+                     renders=None) -> list[dict]:
     """OME-TIFF renders of every traversal (:func:`traversal_plan`) under ``folder``/<condition>/; one row (path, condition,
-    cell, traversal, frame) per render."""
+    cell, traversal, frame) per render. ``renders``: other renders, ((condition, drawn factors) -> {name: overrides per
+    frame}, accept (drawn factors -> bool, or None: every draw)) as :func:`_traversal_renders` gives."""
     from diffex.data.io import write_ome_tiff
     from diffex.data.synthetic import CHANNEL_NAMES, render_cell
 
     rng, rows = np.random.default_rng(seed), []
+    plans, accept = renders or _traversal_renders(spec, factors, frames)
     for condition in list(spec.conditions)[:2]:
         (folder / condition).mkdir(parents=True, exist_ok=True)
         def draw(rng, condition=condition):
@@ -152,9 +163,9 @@ def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed:
             return state, render_cell(rng, condition, spec)[1], ()  # the next draw starts after this one
 
         for i in range(n):
-            state, drawn, _ = _draw_within_limits(rng, draw, spec, factors, frames, f"{condition} cell")
-            for name, plan in traversal_plan(factors).items():
-                for k, over in enumerate(_overrides(drawn, spec, plan, frames)):
+            state, drawn, _ = _draw_accepted(rng, draw, accept, f"{condition} cell")
+            for name, frames_of in plans(condition, drawn).items():
+                for k, over in enumerate(frames_of):
                     img, _ = render_cell(_copy(state), condition, spec, overrides=over)
                     rel = f"{condition}/{condition}_{i:03d}_{name}_{k}.ome.tif"
                     write_ome_tiff(folder / rel, img, CHANNEL_NAMES)
@@ -162,12 +173,14 @@ def write_microscopy(folder: Path, spec, factors: tuple[str, ...], n: int, seed:
     return rows
 
 
-def write_ct(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, frames: int = FRAMES) -> list[dict]:
-    """DICOM renders of every traversal under ``folder``/<condition>/ and a manifest; one row per render as above."""
+def write_ct(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, frames: int = FRAMES, renders=None) -> list[dict]:
+    """DICOM renders of every traversal (or of ``renders``) under ``folder``/<condition>/ and a manifest; one row per render
+    as above."""
     from diffex.data.synthetic import write_factors
     from diffex.data.synthetic_ct import _dicom, render_patch
 
     rng, rows = np.random.default_rng(seed), []
+    plans, accept = renders or _traversal_renders(spec, factors, frames)
     for condition in list(spec.conditions)[:2]:
         (folder / condition).mkdir(parents=True, exist_ok=True)
         def draw(rng, condition=condition):
@@ -176,11 +189,11 @@ def write_ct(folder: Path, spec, factors: tuple[str, ...], n: int, seed: int, fr
             return state, render_patch(rng, condition, spec, noise, paren)[1], (noise, paren)
 
         for i in range(n):
-            state, drawn, (noise, paren) = _draw_within_limits(rng, draw, spec, factors, frames, f"{condition} patch")
-            for name, plan in traversal_plan(factors).items():
-                for k, over in enumerate(_overrides(drawn, spec, plan, frames)):
+            state, drawn, (noise, paren) = _draw_accepted(rng, draw, accept, f"{condition} patch")
+            for j, (name, frames_of) in enumerate(plans(condition, drawn).items()):
+                for k, over in enumerate(frames_of):
                     hu, _ = render_patch(_copy(state), condition, spec, noise, paren, overrides=over)
-                    patient = f"{condition[:3]}{i:03d}{name[:3]}{k}"
+                    patient = f"{condition[:3]}{i:03d}r{j}f{k}"
                     rel = f"{condition}/{patient}_0.dcm"
                     _dicom(hu, spec, patient, f"oracle/{rel}").save_as(folder / rel, enforce_file_format=True)
                     rows.append({"path": rel, "condition": condition, "patient_id": patient, "cell": f"{condition}{i}",
