@@ -110,13 +110,26 @@ def _within_r(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
     return float(np.corrcoef(xc, yc)[0, 1])
 
 
-def _setup(exp_dir: Path, cfg_v, root: Path | None, device: str):
+def _open_changed(exp_dir: Path, work: Path, device: str, changes: dict):
+    """The experiment's images and models re-opened in a fresh folder with some settings changed (nothing cached)."""
+    from dataclasses import replace
+
+    from diffex.explain.config import config_from_dict
+    from diffex.explain.inputs import open_experiment
+    from diffex.report.results import read_results
+
+    res = read_results(exp_dir / "results.json")
+    cfg = replace(config_from_dict(json.loads((exp_dir / "config.resolved.json").read_text())), **changes)
+    return open_experiment(res.classifier, res.images, work / "experiment", cfg.diffusion, cfg, device=device, show_progress=False), res
+
+
+def _setup(exp_dir: Path, cfg_v, root: Path | None, device: str, changes: dict | None = None):
     from strength_sweep import _open_copy, _stages
     from validity_oracle import _delta, generator_spec
     from validity_score import read_truth
 
     with tempfile.TemporaryDirectory() as tmp:
-        exp, res = _open_copy(exp_dir, Path(tmp), device)
+        exp, res = _open_changed(exp_dir, Path(tmp), device, changes) if changes else _open_copy(exp_dir, Path(tmp), device)
         inv, _, cal = _stages(exp)
     spec = generator_spec(cfg_v.spec, cfg_v.modality)
     truth = {r["path"]: r for r in read_truth(cfg_v.paths(root)["factors"])}
@@ -214,16 +227,17 @@ def _pattern_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: 
 
 
 def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit: tuple[Path, Path, Path] | None = None,
-        mode: str | None = None) -> list[dict]:
+        mode: str | None = None, changes: dict | None = None) -> list[dict]:
     """One row per true factor of the configuration's modality (see the module docstring). ``fit``: (images, factors CSV,
     folder) of another set to fit the patterns on, all its usable images (:func:`fit_set`); default: the selection images.
-    ``mode``: render in this edit mode instead of the experiment's."""
+    ``mode``: render in this edit mode instead of the experiment's. ``changes``: explain settings changed for everything
+    (e.g. ``t_end``; the images are then inverted again, nothing of the experiment's cache is used)."""
     import torch
     from validity import decoder_for
 
     from diffex.explain.calibrate import edit_steps
 
-    exp, res, inv, cal, spec, rows, delta_of = _setup(exp_dir, cfg_v, root, device)
+    exp, res, inv, cal, spec, rows, delta_of = _setup(exp_dir, cfg_v, root, device, changes)
     dec = decoder_for(cfg_v, int(exp.raw.shape[-1]))
     factors, cfg = dec.factors, exp.cfg
     steps = edit_steps(cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps), cfg.t_edit)
@@ -236,12 +250,15 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
         rank, cv_r = choose_rank(h_fit, X_fit, names, f, lab_fit, cfg.seed)
         a = factor_patterns(h_fit, X_fit, names, (f,), rank)[f]
         out.append({"factor": f, "fitted_on": len(h_fit), "rank": rank, "cv_within_r": cv_r, "mode": mode or cfg.mode,
+                    "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
                     **_pattern_row(exp, inv, cal, dec, steps, X[:, 1 + fi], a, fi, mode)})
     return out
 
 
 def table(rows: list[dict], configuration: str) -> str:
     """Markdown table of :func:`run`'s rows."""
+    from diffex.models.sampler import DEFAULT_T_END
+
     lines = ["| configuration, factor (fitted on; principal axes; cross-validated r within) | 1 Δ of the factor (SD along its pattern) | coordinate tracks the factor (r within / pooled) | "
              "renders at +1 Δ: decoded change of each factor | decoded r of each factor (−1 … +1 Δ) | flips at 1 Δ towards the target "
              "(eligible) | in data: mean shift (SD), change of the factor (Δ), flips |", "|---|---|---|---|---|---|---|"]
@@ -249,6 +266,7 @@ def table(rows: list[dict], configuration: str) -> str:
         ch = ", ".join(f"{g} {v:+.2f}" for g, v in r["change_at_1"].items())
         rs = ", ".join(f"{g} {v:+.2f}" for g, v in r["r"].items())
         mode = "" if r.get("mode", "asymmetric") == "asymmetric" else f", rendered {r['mode']}"
+        mode += f", t_end {r['t_end']} ({r['median_psnr']:.0f} dB)" if r.get("t_end", DEFAULT_T_END) != DEFAULT_T_END else ""
         lines.append(f"| {configuration}, {r['factor']}{mode} ({r['fitted_on']} images, {r['rank']} axes; {r['cv_within_r']:+.2f}) | {r['delta_in_sd']:.2f} | {r['within_r']:+.2f} / {r['pooled_r']:+.2f} | {ch} | {rs} | "
                      f"{100 * r['flips_at_1']:.0f} % ({r['n_eligible']}) | {r['in_data_shift_sd']:.2f}, {r['in_data_change']:+.2f}, "
                      f"{100 * r['flips_in_data']:.0f} % |")
@@ -262,6 +280,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, help="the validity root (single and subtle)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", choices=("asymmetric", "symmetric"), help="render in this edit mode (default: the experiment's)")
+    ap.add_argument("--t-end", type=int, help="invert to this timestep instead of the experiment's (everything is inverted again)")
+    ap.add_argument("--min-psnr", type=float, help="with --t-end: the round-trip PSNR an image needs (explain's min_psnr)")
     ap.add_argument("--fit-images", type=Path, help="fit the patterns on these images instead of the selection images")
     ap.add_argument("--fit-factors", type=Path, help="their ground truth (with --fit-images)")
     ap.add_argument("--fit-folder", type=Path, help="where their inversions are cached (default: a temporary folder)")
@@ -275,7 +295,8 @@ def main(argv=None) -> int:
         raise SystemExit("give --fit-images and --fit-factors together")
     with tempfile.TemporaryDirectory() as tmp:
         fit = None if args.fit_images is None else (args.fit_images, args.fit_factors, args.fit_folder or Path(tmp) / "fit")
-        rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.mode)
+        changes = {k: v for k, v in (("t_end", args.t_end), ("min_psnr", args.min_psnr)) if v is not None}
+        rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.mode, changes or None)
     print(json.dumps(rows, indent=1))
     print(table(rows, cfg_v.name))
     return 0

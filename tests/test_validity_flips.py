@@ -17,6 +17,32 @@ def ceiling():
     return _load("validity_flip_ceiling")
 
 
+@pytest.fixture(scope="module")
+def tiny_experiment(tiny_classifier, tiny_diffusion, cells, tmp_path_factory):
+    """A finished tiny experiment (read only), and a validity root and generator spec for its cells."""
+    from test_explain import TINY
+
+    from diffex.explain import explain
+
+    tmp = tmp_path_factory.mktemp("flips")
+    res = explain(tiny_classifier[0], cells, tmp / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
+    root = tmp / "root"
+    (root / "tiny").mkdir(parents=True)
+    shutil.copytree(cells, root / "tiny" / "heldout")
+    shutil.copy(cells.parent / "cells_factors.csv", root / "tiny" / "heldout_factors.csv")
+    (tmp / "tiny.yaml").write_text("size: 64\n")  # the generator's spec: the sample data's
+    return res, root, tmp / "tiny.yaml"
+
+
+def _tiny_configuration(monkeypatch, spec):
+    """A validity configuration for the tiny experiment, with an identity decoder (the decoder: test_validity_decode.py)."""
+    validity = _load("validity")
+    dec = SimpleNamespace(factors=("nucleus_radius", "actin_level"), columns=tuple(validity.MEASURE.values()), nuisance=(),
+                          response=np.eye(2), curvature=np.zeros((0, 2)), relative=True, image_size=16.0)
+    monkeypatch.setattr(validity, "decoder_for", lambda cfg, size: dec)
+    return validity.Configuration("tiny", ("nucleus_radius",), spec)
+
+
 def test_flip_rates_match_a_loop(ceiling):
     """Flip rates and their union against a per-image loop, on random probabilities with images already at the target."""
     rng = np.random.default_rng(0)
@@ -100,27 +126,14 @@ def test_real_slope_recovers_a_planted_slope(tmp_path):
     assert -0.8 < got["actin_level"]["r"] < -0.6  # -0.5 / sqrt(0.5) = -0.71 in expectation
 
 
-def test_sweep_reproduces_explains_own_figures_at_calibrated_strength(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
+def test_sweep_reproduces_explains_own_figures_at_calibrated_strength(tiny_experiment, monkeypatch):
     """Re-rendered from the experiment's cache at explain's calibrated strength, the sweep's first row is explain's
     evaluation: the same shift, share in data and flip rate; the experiment folder is left as it was."""
-    from test_explain import TINY
-
-    from diffex.explain import explain
-
-    validity = _load("validity")
+    res, root, spec = tiny_experiment
+    cfg = _tiny_configuration(monkeypatch, spec)
     sweep = _load("strength_sweep")
-    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
     att = res.attributes[0]
     before = sorted(p.relative_to(res.out) for p in res.out.rglob("*"))
-    root = tmp_path / "root"
-    (root / "tiny").mkdir(parents=True)
-    shutil.copytree(cells, root / "tiny" / "heldout")
-    shutil.copy(cells.parent / "cells_factors.csv", root / "tiny" / "heldout_factors.csv")
-    (tmp_path / "tiny.yaml").write_text("size: 64\n")
-    dec = SimpleNamespace(factors=("nucleus_radius", "actin_level"), columns=tuple(validity.MEASURE.values()), nuisance=(),
-                          response=np.eye(2), curvature=np.zeros((0, 2)), relative=True, image_size=16.0)
-    monkeypatch.setattr(validity, "decoder_for", lambda cfg, size: dec)
-    cfg = validity.Configuration("tiny", ("nucleus_radius",), tmp_path / "tiny.yaml")
     rows = sweep.sweep(res.out, att.id, cfg, root, "cpu", multiples=(3.0, 6.0))
     assert [r["strength"] for r in rows] == ["calibrated", "3 SD", "6 SD"]
     first = rows[0]
@@ -149,24 +162,14 @@ def test_h_oracle_design_and_patterns():
     assert oracle._within_r(np.r_[0.0, 1, 10, 11], np.r_[0.0, 1, 0, 1], np.r_[0, 0, 1, 1]) == pytest.approx(1.0)
 
 
-def test_h_oracle_renders_each_factors_pattern(tiny_classifier, tiny_diffusion, cells, tmp_path, monkeypatch):
+def test_h_oracle_renders_each_factors_pattern(tiny_experiment, monkeypatch):
     """End to end on tiny models: one row per factor; flips counted over the images whose reconstruction is not at the
     other condition (counted here independently); the in-data strength never beyond explain's full strength."""
     from test_explain import TINY
 
-    from diffex.explain import explain
-
-    validity = _load("validity")
+    res, root, spec = tiny_experiment
+    cfg = _tiny_configuration(monkeypatch, spec)
     oracle = _load("validity_h_oracle")
-    res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], TINY, device="cpu", show_progress=False)
-    root = tmp_path / "root"
-    (root / "tiny").mkdir(parents=True)
-    shutil.copy(cells.parent / "cells_factors.csv", root / "tiny" / "heldout_factors.csv")
-    (tmp_path / "tiny.yaml").write_text("size: 64\n")
-    dec = SimpleNamespace(factors=("nucleus_radius", "actin_level"), columns=tuple(validity.MEASURE.values()), nuisance=(),
-                          response=np.eye(2), curvature=np.zeros((0, 2)), relative=True, image_size=16.0)
-    monkeypatch.setattr(validity, "decoder_for", lambda cfg, size: dec)
-    cfg = validity.Configuration("tiny", ("nucleus_radius",), tmp_path / "tiny.yaml")
     rows = oracle.run(res.out, cfg, root, "cpu")
     assert [r["factor"] for r in rows] == ["nucleus_radius", "actin_level"]
     exp, _, inv, _, _, _, _ = oracle._setup(res.out, cfg, root, "cpu")
@@ -178,6 +181,12 @@ def test_h_oracle_renders_each_factors_pattern(tiny_classifier, tiny_diffusion, 
         assert r["delta_in_sd"] == pytest.approx(r["pattern_norm"] / r["sd"])
         assert set(r["r"]) == set(r["change_at_1"]) == {"nucleus_radius", "actin_level"}
     assert oracle.table(rows, "tiny").count("\n") == 3
+    # another inversion depth: everything inverted again in a fresh folder; the experiment is left as it was
+    before = sorted(p.relative_to(res.out) for p in res.out.rglob("*"))
+    deeper = oracle.run(res.out, cfg, root, "cpu", changes={"t_end": 500})
+    assert [r["t_end"] for r in deeper] == [500, 500] and [r["t_end"] for r in rows] == [TINY.t_end] * 2
+    assert sorted(p.relative_to(res.out) for p in res.out.rglob("*")) == before
+    assert "t_end 500" in oracle.table(deeper, "tiny")
 
 
 @pytest.mark.parametrize("name", ["validity_flip_ceiling", "strength_sweep", "validity_h_oracle"])
