@@ -149,6 +149,7 @@ def run_configuration(name: str, n: int, seed: int, workdir: Path, root: Path | 
         shift = {f: float(np.mean([cals[f].amounts(np.array([float(r[f]) for r in truth if r["condition"] == c]), 0,
                                                   signs[f, c]) / cals[f].sd[0]])) for f in factors}
         out.append({"configuration": name, "seed": seed, "moved": c, "target": target, "factors": list(factors),
+                    "towards": {f: signs[f, c] for f in factors},
                     "strength_sd": strength, "mean_shift_sd_real": shift, **rates})
     return out
 

@@ -1,12 +1,14 @@
-"""The best a linear h-space direction can do: each true factor's pattern in h, fitted on the ground truth, rendered.
+"""Each true factor's ground-truth pattern in h, rendered: does the direction along which real images vary with a factor edit it?
 
 Every method of issue 14 looks for directions in h (the U-Net mid-block activations) without knowing the factors. Here the
-factors are known, so the direction a method should find can be computed: the real images' h (averaged over the edit
-steps, as diffex's coordinates are) is regressed on all their generator factors at once (the true factors in units of
-Δ, the conditions' difference; every nuisance factor standardised; orientation as cos and sin of twice its angle), on
-the experiment's *selection* images. Factor f's coefficient row a_f (D,) is how h changes per Δ of f with every other
-factor held: the pattern along which real images with more f lie. Adding s x a_f to h therefore moves an image's h as
-far as real images that differ by s Δ in f differ.
+factors are known, so the direction along which the real data vary with each factor can be computed: real images' h
+(averaged over the edit steps, as diffex's coordinates are) is regressed on all their generator factors at once (the
+true factors in units of Δ, the conditions' difference; every nuisance factor standardised; orientation as cos and sin
+of twice its angle), within h's top-r principal axes (r by 5-fold cross-validation of how well the pattern's coordinate
+tracks the factor within conditions). The fit is on the experiment's *selection* images, or, with ``--fit-images``, on
+another, larger set inverted with the experiment's models and sampler (e.g. the models' training folder). Factor f's
+coefficient row a_f (D,) is how h changes per Δ of f with every other factor held: the pattern along which real images
+with more f lie. Adding s x a_f to h moves an image's h as far as real images that differ by s Δ in f differ.
 
 The pattern is rendered on the *evaluation* images as explain renders an attribute (its sampler, the offset added at
 every edit step) at s in ±0.5 and ±1, and at explain's calibrated in-data strength along a_f towards the other condition
@@ -14,9 +16,10 @@ every edit step) at s in ±0.5 and ±1, and at explain's calibrated in-data stre
 measured with the validity scorer's readouts, decoded into factor changes (``validity_decode.py``). Reported per
 factor: how well the coordinate along a_f tracks the factor in real images (Pearson r within conditions, on the
 evaluation images, which the fit did not see), how much of an s Δ move of h the renders show as a change of f, whether
-they change the other factor (decoded r, with the scorer's tie), and the flip rates. If even this direction renders
-weak or mixed changes, no h-space direction found without the ground truth can do better with this diffusion model
-and edit mechanism; ``validity_flip_ceiling.py`` gives the same figures for the generator's own perfect edit.
+they change the other factor (decoded r, with the scorer's tie), and the flip rates. A pattern that renders weak or
+mixed changes shows that where the data vary in h is not what an h offset edits; it does not rule out other directions
+(``strength_sweep.py`` measures the methods' own). ``validity_flip_ceiling.py`` gives the same figures for the
+generator's own perfect edit.
 
 Usage::
 
@@ -45,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LEVELS = (-1.0, -0.5, 0.5, 1.0)  # s: the offset s x a_f, i.e. as far as real images differing by s Δ in f
-RANKS = (1, 2, 4, 8, 16, 32, 64)  # principal axes of h a pattern may be fitted in (chosen by cross-validation)
+RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # principal axes of h a pattern may be fitted in (chosen by cross-validation)
 SKIP = {"path", "condition", "patient_id", "nucleus_area_px"}  # not factors (nucleus_area_px follows nucleus_radius)
 
 
@@ -195,7 +198,7 @@ def _render(exp, inv, u, scales: np.ndarray, dec, mode: str | None = None) -> tu
 def _pattern_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: int, mode: str | None = None) -> dict:
     """Render factor ``fi``'s pattern ``a`` (D,) on the evaluation images; ``own`` (N,): the factor in units of Δ."""
     import torch
-    from validity_decode import TIE, decoded_r
+    from validity_decode import TIE, _span, decoded_r
 
     from diffex.explain.calibrate import calibrate, coordinates
     from diffex.explain.effects import effect_table
@@ -216,7 +219,7 @@ def _pattern_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: 
     _, flipped, eligible = effect_table(picked, inv.probs_rec[ev], np.array([other[lab] for lab in labels[ev]]))
     traj = np.insert(s_hat[:, :len(LEVELS)], 2, 0.0, axis=1)  # (n, 5, F): the reconstruction at s = 0
     s_grid = np.broadcast_to(np.insert(np.array(LEVELS), 2, 0.0), traj.shape[:2])
-    span, n_el, factors = np.ptp(traj[..., fi], axis=1), max(int(eligible.sum()), 1), dec.factors
+    span, n_el, factors = _span(traj[..., fi]), max(int(eligible.sum()), 1), dec.factors
     return {"pattern_norm": norm, "sd": float(c.sd[0]), "delta_in_sd": norm / float(c.sd[0]),
             "within_r": _within_r(coord[ev], own[ev], labels[ev]), "pooled_r": float(np.corrcoef(coord[ev], own[ev])[0, 1]),
             "change_at_1": {g: float(np.nanmedian(s_hat[:, LEVELS.index(1.0), gi])) for gi, g in enumerate(factors)},

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import REPO
 from test_benchmarks import _load
 
 
@@ -99,6 +100,14 @@ def test_ceiling_pairs_each_edit_with_its_own_cell(ceiling, tmp_path):
     for r in rows:
         assert r["n_eligible"] > 0
         assert all(r[f] == 0.0 for f in (*r["factors"], "both", "union"))
+        assert any(r[f + "_delta"] > 0 for f in r["factors"])  # the Δ edits do not depend on the strength: they flip some
+    # "towards the other condition": the sign of the difference of the held-out conditions' means, counted here
+    with open(REPO / "sample_data" / "heldout_factors.csv", newline="") as fh:
+        truth = list(csv.DictReader(fh))
+    for r in rows:
+        for f in r["factors"]:
+            mean = {c: np.mean([float(t[f]) for t in truth if t["condition"] == c]) for c in (r["moved"], r["target"])}
+            assert r["towards"][f] == (1 if mean[r["target"]] > mean[r["moved"]] else -1)
     md = ceiling.table(rows)
     assert md.count("\n") == 3 and md.splitlines()[-1].endswith("| no |")
 
@@ -187,6 +196,48 @@ def test_h_oracle_renders_each_factors_pattern(tiny_experiment, monkeypatch):
     assert [r["t_end"] for r in deeper] == [500, 500] and [r["t_end"] for r in rows] == [TINY.t_end] * 2
     assert sorted(p.relative_to(res.out) for p in res.out.rglob("*")) == before
     assert "t_end 500" in oracle.table(deeper, "tiny")
+
+
+def test_h_oracle_counts_flips_of_the_right_frames(tiny_experiment, monkeypatch):
+    """Renders replaced by planted outputs: only one frame (0: -1 Δ, 3: +1 Δ, 4: in data) is classed as each image's
+    target, and the decoded change of nuclear size is the offset itself. The flips at 1 Δ with frame 0 are the images whose
+    way to the other condition is down, with frame 3 those whose way is up: together every eligible image. The in-data
+    frame flips every eligible image and no 1 Δ frame."""
+    res, root, spec = tiny_experiment
+    cfg = _tiny_configuration(monkeypatch, spec)
+    oracle = _load("validity_h_oracle")
+    exp, _, inv, _, _, _, _ = oracle._setup(res.out, cfg, root, "cpu")
+    own = exp.labels[inv.evaluation]  # (n,) class index of each evaluation image; the target is the other one
+
+    def planted(frame):
+        def render(exp_, inv_, u, scales, dec, mode=None):
+            cls = np.repeat(own[:, None], scales.shape[1], 1)  # (n, L) every frame classed as the image's own condition ...
+            cls[:, frame] = 1 - own  # ... except ``frame``, classed as the target
+            s_hat = np.stack([scales, np.zeros_like(scales)], -1)  # (n, L, F): nuclear size moves by the offset (h units)
+            return np.eye(2)[cls], s_hat
+        return render
+
+    runs = {}
+    for frame in (0, 3, 4):
+        monkeypatch.setattr(oracle, "_render", planted(frame))
+        runs[frame] = {r["factor"]: r for r in oracle.run(res.out, cfg, root, "cpu")}
+    eligible = sum(inv.probs_rec[i].argmax() != 1 - exp.labels[i] for i in inv.evaluation)
+    with open(root / "tiny" / "heldout_factors.csv", newline="") as fh:
+        truth = {t["path"]: t for t in csv.DictReader(fh)}
+    for f in ("nucleus_radius", "actin_level"):
+        assert all(runs[k][f]["n_eligible"] == eligible for k in runs)
+        assert runs[0][f]["flips_at_1"] + runs[3][f]["flips_at_1"] == pytest.approx(1.0)
+        # the way down is the way of images whose condition has the higher mean of f on the selection images
+        value = {exp.image_name(i): float(truth[exp.image_name(i)][f]) for i in range(len(exp.records))}
+        mean = {c: np.mean([value[exp.image_name(i)] for i in inv.selection if exp.labels[i] == c]) for c in (0, 1)}
+        down = [i for i in inv.evaluation if inv.probs_rec[i].argmax() == exp.labels[i] and mean[exp.labels[i]] > mean[1 - exp.labels[i]]]
+        assert runs[0][f]["flips_at_1"] == pytest.approx(len(down) / eligible)
+        assert (runs[4][f]["flips_in_data"], runs[4][f]["flips_at_1"]) == (1.0, 0.0)
+        assert runs[0][f]["flips_in_data"] == runs[3][f]["flips_in_data"] == 0.0
+    nuc, act = runs[4]["nucleus_radius"], runs[4]["actin_level"]
+    assert nuc["change_at_1"] == {"nucleus_radius": pytest.approx(nuc["pattern_norm"]), "actin_level": 0.0}
+    assert nuc["r"] == {"nucleus_radius": pytest.approx(1.0), "actin_level": 0.0}
+    assert nuc["in_data_change"] > 0 and act["in_data_change"] == 0.0  # towards the target, whichever way that is
 
 
 @pytest.mark.parametrize("name", ["validity_flip_ceiling", "strength_sweep", "validity_h_oracle"])

@@ -206,7 +206,7 @@ def describe_attribute(exp: Experiment, inv: Inversions, cands_key: StageKey, ca
     trends, rows, (main, agree) = _measure(exp, att, raw, ref, images, roles, strengths, p_target, shift_sd)
     examples = _write_files(exp, att, raw, ref, images, roles, shown, strengths)
     # the attribute coordinate of every evaluation image, in SD of the real images along it (shift_sd moves it)
-    coord = att.sign * cal.coords[:, att.candidate] / cal.calibration.sd[att.candidate]
+    coord = att.sign * np.asarray(cal.coords[:, att.candidate], float) / cal.calibration.sd[att.candidate]
     ev_idx = inv.evaluation
     traversal = Traversal(strengths=strengths.tolist(), images=[exp.image_name(i) for i in images],
                           conditions=[exp.records[i].condition for i in images], measured=[r == RANDOM for r in roles],

@@ -113,7 +113,7 @@ def _strength(cal: Calibrated, pick: Pick, moved: np.ndarray) -> dict:
     """The attribute's calibration: the real data's spread and edges along it, how far the moved images went, how many ended inside."""
     c, k = cal.calibration, pick.candidate
     lo, hi = c.edges_sd(k, pick.sign)
-    start = pick.sign * cal.coords[moved, k] / c.sd[k]  # (n,) SD units along the attribute
+    start = pick.sign * np.asarray(cal.coords[moved, k], float) / c.sd[k]  # (n,) SD units along the attribute, float64 on any NumPy
     end = start + c.amounts(cal.coords[moved, k], k, pick.sign) / c.sd[k]
     inside = (end >= lo - 1e-9) & (end <= hi + 1e-9)
     return {"strength_unit": c.unit, "sd_h": float(c.sd[k]), "sd_per_h_scale": float(c.sd[k] / c.h_scale),
