@@ -69,16 +69,21 @@ def design(rows: list[dict], factors: tuple[str, ...], deltas: dict[str, float])
     return np.column_stack(cols), names
 
 
+def _axes(hbar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and principal axes (q, D) of h (n, D), the largest first."""
+    mu = hbar.mean(0)
+    return mu, np.linalg.svd(hbar - mu, full_matrices=False)[2]
+
+
 def factor_patterns(hbar: np.ndarray, X: np.ndarray, names: list[str], factors: tuple[str, ...],
-                    rank: int | None = None) -> dict[str, np.ndarray]:
+                    rank: int | None = None, axes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Each factor's pattern (D,): its coefficient row in the least-squares fit of h (n, D) on the regressors X (n, P);
     with ``rank``, of h's coordinates in its top-``rank`` principal axes (the pattern lies in their span: with fewer
-    images than dimensions the full-space fit is mostly noise)."""
+    images than dimensions the full-space fit is mostly noise). ``axes``: :func:`_axes` of ``hbar``, if already computed."""
     if rank is None:
         coef, *_ = np.linalg.lstsq(X, hbar, rcond=None)  # (P, D)
         return {f: coef[names.index(f)] for f in factors}
-    mu = hbar.mean(0)
-    _, _, vh = np.linalg.svd(hbar - mu, full_matrices=False)
+    mu, vh = axes if axes is not None else _axes(hbar)
     v = vh[:rank].T  # (D, r)
     coef, *_ = np.linalg.lstsq(X, (hbar - mu) @ v, rcond=None)  # (P, r)
     return {f: v @ coef[names.index(f)] for f in factors}
@@ -90,17 +95,27 @@ def choose_rank(hbar: np.ndarray, X: np.ndarray, names: list[str], factor: str, 
     conditions on held-out folds (:func:`_within_r` over the pooled held-out coordinates), and that r."""
     fold = np.random.default_rng(seed).permutation(len(hbar)) % folds
     col = X[:, names.index(factor)]
+    ranks = [r for r in RANKS if r < min(np.bincount(fold)) * (folds - 1)]
+    coord = np.zeros((len(ranks), len(hbar)))  # held-out coordinates per rank
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        axes = _axes(hbar[tr])  # one decomposition per fold, shared by every rank
+        for j, r in enumerate(ranks):
+            a = factor_patterns(hbar[tr], X[tr], names, (factor,), r, axes)[factor]
+            coord[j, te] = (hbar[te] - axes[0]) @ (a / max(np.linalg.norm(a), 1e-12))
     best = (0, -np.inf)
-    for r in [r for r in RANKS if r < min(np.bincount(fold)) * (folds - 1)]:
-        coord = np.zeros(len(hbar))
-        for k in range(folds):
-            tr, te = fold != k, fold == k
-            a = factor_patterns(hbar[tr], X[tr], names, (factor,), r)[factor]
-            coord[te] = (hbar[te] - hbar[tr].mean(0)) @ (a / max(np.linalg.norm(a), 1e-12))
-        got = _within_r(coord, col, labels)
+    for j, r in enumerate(ranks):
+        got = _within_r(coord[j], col, labels)
         if got > best[1]:
             best = (r, got)
     return best
+
+
+def _hbar(h, steps: np.ndarray) -> np.ndarray:
+    """h (N, S, *h) averaged over the edit steps (mask over S), flattened: (N, D), float64."""
+    import torch
+
+    return h[:, torch.as_tensor(steps)].double().mean(1).flatten(1).numpy()
 
 
 def _within_r(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
@@ -164,12 +179,10 @@ def fit_set(exp, images: Path, factors_csv: Path, folder: Path, device: str = "c
 
 def _fit_data(exp, inv, hbar, X, names, factors, deltas, steps, fit, device):
     """(h (n, D), regressors (n, P), labels (n,)) the patterns are fitted on: the selection images, or ``fit``'s set."""
-    import torch
-
     if fit is None:
         return hbar[inv.selection], X[inv.selection], exp.labels[inv.selection]
     fexp, finv, frows = fit_set(exp, *fit, device)
-    h_fit = finv.h[:, torch.as_tensor(steps)].double().mean(1).flatten(1).numpy()[finv.usable]  # (n, D)
+    h_fit = _hbar(finv.h, steps)[finv.usable]  # (n, D)
     X_fit, fnames = design([frows[i] for i in finv.usable], factors, deltas)
     if fnames != names:
         raise SystemExit(f"{fit[1]}: its factor columns {fnames} differ from the experiment's {names}")
@@ -235,7 +248,6 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     folder) of another set to fit the patterns on, all its usable images (:func:`fit_set`); default: the selection images.
     ``mode``: render in this edit mode instead of the experiment's. ``changes``: explain settings changed for everything
     (e.g. ``t_end``; the images are then inverted again, nothing of the experiment's cache is used)."""
-    import torch
     from validity import decoder_for
 
     from diffex.explain.calibrate import edit_steps
@@ -244,7 +256,7 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     dec = decoder_for(cfg_v, int(exp.raw.shape[-1]))
     factors, cfg = dec.factors, exp.cfg
     steps = edit_steps(cfg.sampler.timesteps(exp.pair.dm.num_train_timesteps), cfg.t_edit)
-    hbar = inv.h[:, torch.as_tensor(steps)].double().mean(1).flatten(1).numpy()  # (N, D)
+    hbar = _hbar(inv.h, steps)  # (N, D)
     deltas = {f: delta_of(spec, f) for f in factors}
     X, names = design(rows, factors, deltas)
     h_fit, X_fit, lab_fit = _fit_data(exp, inv, hbar, X, names, factors, deltas, steps, fit, device)
