@@ -18,8 +18,8 @@ factor: how well the coordinate along a_f tracks the factor in real images (Pear
 evaluation images, which the fit did not see), how much of an s Δ move of h the renders show as a change of f, whether
 they change the other factor (decoded r, with the scorer's tie), and the flip rates. A pattern that renders weak or
 mixed changes shows that where the data vary in h is not what an h offset edits; it does not rule out other directions
-(``strength_sweep.py`` measures the methods' own). ``validity_flip_ceiling.py`` gives the same figures for the
-generator's own perfect edit.
+(``strength_sweep.py`` measures the methods' own; ``validity_skip_oracle.py`` the same pattern with the skip connections
+included). ``validity_flip_ceiling.py`` gives the same figures for the generator's own perfect edit.
 
 Usage::
 
@@ -195,7 +195,6 @@ def _render(exp, inv, u, scales: np.ndarray, dec, mode: str | None = None) -> tu
     from dataclasses import replace
 
     import torch
-    from strength_sweep import _decoded
 
     from diffex.models import sampler
 
@@ -203,30 +202,37 @@ def _render(exp, inv, u, scales: np.ndarray, dec, mode: str | None = None) -> tu
     spec = cfg.sampler if mode is None else replace(cfg.sampler, mode=mode)
     x = sampler.render_edits(exp.pair.dm, inv.xt[ev], u.expand(scales.shape[1], *u.shape[1:]), spec,
                              batch_size=cfg.batch_size, scales=torch.as_tensor(scales))  # (n, L, C, H, W)
-    probs = exp.pair.probs(x.flatten(0, 1).to(exp.device)).numpy().reshape(*scales.shape, -1)  # (n, L, classes)
-    s_hat, _ = _decoded(exp, dec, exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[ev]).numpy())
+    return scored(exp, inv, x, dec)
+
+
+def scored(exp, inv, x, dec) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, L, classes) and decoded factor changes (n, L, F) of renders x (n, L, C, H, W) of the
+    evaluation images, against their reconstructions."""
+    from strength_sweep import _decoded
+
+    probs = exp.pair.probs(x.flatten(0, 1).to(exp.device)).numpy().reshape(*x.shape[:2], -1)  # (n, L, classes)
+    s_hat, _ = _decoded(exp, dec, exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[inv.evaluation]).numpy())
     return probs, s_hat
 
 
-def _pattern_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: int, mode: str | None = None) -> dict:
-    """Render factor ``fi``'s pattern ``a`` (D,) on the evaluation images; ``own`` (N,): the factor in units of Δ."""
-    import torch
+def _pattern_row(exp, inv, cal, dec, coord: np.ndarray, norm: float, render, own: np.ndarray, fi: int) -> dict:
+    """Render factor ``fi``'s pattern on the evaluation images and score it. ``coord`` (N,): each image's centred
+    coordinate along the pattern's unit vector; ``norm``: the pattern's length (1 Δ of the factor along it);
+    ``render(scales)``: (probs (n, L, classes), decoded changes (n, L, F)) of the evaluation images rendered with offsets
+    ``scales`` (n, L) x the unit vector; ``own`` (N,): the factor in units of Δ."""
     from validity_decode import TIE, _span, decoded_r
 
-    from diffex.explain.calibrate import calibrate, coordinates
+    from diffex.explain.calibrate import calibrate
     from diffex.explain.effects import effect_table
 
     cfg, labels, sel, ev = exp.cfg, exp.labels, inv.selection, inv.evaluation
-    norm = float(np.linalg.norm(a))
-    u = torch.as_tensor(a / norm, dtype=torch.float32).view(1, *inv.h.shape[2:])  # (1, *h)
-    coord = coordinates(inv.h, u, steps)[:, 0]  # (N,) h units, centred
     c = calibrate(coord[sel, None], cal.calibration.h_scale, cfg.strength, cfg.strength_unit)
     means = {lab: own[sel][labels[sel] == lab].mean() for lab in np.unique(labels)}
     other = {lab: next(m for m in means if m != lab) for lab in means}
     toward = np.array([np.sign(means[other[lab]] - means[lab]) for lab in labels[ev]])  # (n,) the way to the other condition
     in_data = toward * np.array([c.amounts(coord[i:i + 1], 0, int(s))[0] for i, s in zip(ev, toward)])  # (n,) h units
     scales = np.column_stack([*(np.full(len(ev), s * norm) for s in LEVELS), in_data])  # (n, L)
-    probs, s_hat = _render(exp, inv, u, scales, dec, mode)
+    probs, s_hat = render(scales)
     one = np.where(toward > 0, LEVELS.index(1.0), LEVELS.index(-1.0))  # (n,) the 1 Δ frame towards the target
     picked = np.stack([probs[np.arange(len(ev)), one], probs[:, -1]], 1)[:, :, None]  # (n, 2, 1, classes)
     _, flipped, eligible = effect_table(picked, inv.probs_rec[ev], np.array([other[lab] for lab in labels[ev]]))
@@ -236,10 +242,24 @@ def _pattern_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: 
     return {"pattern_norm": norm, "sd": float(c.sd[0]), "delta_in_sd": norm / float(c.sd[0]),
             "within_r": _within_r(coord[ev], own[ev], labels[ev]), "pooled_r": float(np.corrcoef(coord[ev], own[ev])[0, 1]),
             "change_at_1": {g: float(np.nanmedian(s_hat[:, LEVELS.index(1.0), gi])) for gi, g in enumerate(factors)},
+            "change_by_level": {f"{lv:+g}": {g: float(np.nanmedian(s_hat[:, j, gi])) for gi, g in enumerate(factors)}
+                                for j, lv in enumerate(LEVELS)},
             "r": {g: decoded_r(s_grid, traj[..., gi], None if gi == fi else span, TIE) for gi, g in enumerate(factors)},
             "n_eligible": int(eligible.sum()), "flips_at_1": float(flipped[:, 0, 0].sum() / n_el),
             "in_data_shift_sd": float(np.mean(np.abs(in_data)) / c.sd[0]),
             "in_data_change": float(np.nanmedian(toward * s_hat[:, -1, fi])), "flips_in_data": float(flipped[:, 1, 0].sum() / n_el)}
+
+
+def _h_row(exp, inv, cal, dec, steps, own: np.ndarray, a: np.ndarray, fi: int, mode: str | None = None) -> dict:
+    """:func:`_pattern_row` of a pattern ``a`` (D,) in h, rendered with explain's sampler (``mode``: another edit mode)."""
+    import torch
+
+    from diffex.explain.calibrate import coordinates
+
+    norm = float(np.linalg.norm(a))
+    u = torch.as_tensor(a / norm, dtype=torch.float32).view(1, *inv.h.shape[2:])  # (1, *h)
+    coord = coordinates(inv.h, u, steps)[:, 0]  # (N,) h units, centred
+    return _pattern_row(exp, inv, cal, dec, coord, norm, lambda scales: _render(exp, inv, u, scales, dec, mode), own, fi)
 
 
 def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit: tuple[Path, Path, Path] | None = None,
@@ -266,7 +286,7 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
         a = factor_patterns(h_fit, X_fit, names, (f,), rank)[f]
         out.append({"factor": f, "fitted_on": len(h_fit), "rank": rank, "cv_within_r": cv_r, "mode": mode or cfg.mode,
                     "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
-                    **_pattern_row(exp, inv, cal, dec, steps, X[:, 1 + fi], a, fi, mode)})
+                    **_h_row(exp, inv, cal, dec, steps, X[:, 1 + fi], a, fi, mode)})
     return out
 
 

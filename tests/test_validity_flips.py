@@ -236,6 +236,7 @@ def test_h_oracle_counts_flips_of_the_right_frames(tiny_experiment, monkeypatch)
         assert runs[0][f]["flips_in_data"] == runs[3][f]["flips_in_data"] == 0.0
     nuc, act = runs[4]["nucleus_radius"], runs[4]["actin_level"]
     assert nuc["change_at_1"] == {"nucleus_radius": pytest.approx(nuc["pattern_norm"]), "actin_level": 0.0}
+    assert nuc["change_by_level"]["-0.5"] == {"nucleus_radius": pytest.approx(-0.5 * nuc["pattern_norm"]), "actin_level": 0.0}
     assert nuc["r"] == {"nucleus_radius": pytest.approx(1.0), "actin_level": 0.0}
     assert nuc["in_data_change"] > 0 and act["in_data_change"] == 0.0  # towards the target, whichever way that is
 
