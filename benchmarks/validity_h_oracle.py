@@ -308,19 +308,20 @@ def table(rows: list[dict], configuration: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def oracle_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments this script shares with ``validity_skip_oracle.py``: the experiment, its configuration, and the set
+    the patterns are fitted on."""
     ap.add_argument("experiment", type=Path, help="a finished experiment of the configuration (its inversions are used)")
     ap.add_argument("--configuration", required=True, choices=("sample", "single", "subtle", "ct"))
     ap.add_argument("--root", type=Path, help="the validity root (single and subtle)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mode", choices=("asymmetric", "symmetric"), help="render in this edit mode (default: the experiment's)")
-    ap.add_argument("--t-end", type=int, help="invert to this timestep instead of the experiment's (everything is inverted again)")
-    ap.add_argument("--min-psnr", type=float, help="with --t-end: the round-trip PSNR an image needs (explain's min_psnr)")
     ap.add_argument("--fit-images", type=Path, help="fit the patterns on these images instead of the selection images")
     ap.add_argument("--fit-factors", type=Path, help="their ground truth (with --fit-images)")
     ap.add_argument("--fit-folder", type=Path, help="where their inversions are cached (default: a temporary folder)")
-    args = ap.parse_args(argv)
+
+
+def oracle_inputs(args, tmp: Path):
+    """(validity configuration, fit set or None) of :func:`oracle_arguments`' parsed ``args``; ``tmp``: the default cache."""
     from validity import CONFIGURATIONS
 
     cfg_v = next(c for c in CONFIGURATIONS if c.name == args.configuration)
@@ -328,8 +329,18 @@ def main(argv=None) -> int:
         raise SystemExit(f"{cfg_v.name}: give --root, the folder where `validity.py prepare` put its images")
     if (args.fit_images is None) != (args.fit_factors is None):
         raise SystemExit("give --fit-images and --fit-factors together")
+    return cfg_v, None if args.fit_images is None else (args.fit_images, args.fit_factors, args.fit_folder or Path(tmp) / "fit")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    oracle_arguments(ap)
+    ap.add_argument("--mode", choices=("asymmetric", "symmetric"), help="render in this edit mode (default: the experiment's)")
+    ap.add_argument("--t-end", type=int, help="invert to this timestep instead of the experiment's (everything is inverted again)")
+    ap.add_argument("--min-psnr", type=float, help="with --t-end: the round-trip PSNR an image needs (explain's min_psnr)")
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        fit = None if args.fit_images is None else (args.fit_images, args.fit_factors, args.fit_folder or Path(tmp) / "fit")
+        cfg_v, fit = oracle_inputs(args, Path(tmp))
         changes = {k: v for k, v in (("t_end", args.t_end), ("min_psnr", args.min_psnr)) if v is not None}
         rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.mode, changes or None)
     print(json.dumps(rows, indent=1))

@@ -213,27 +213,15 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
 
 
 def main(argv=None) -> int:
+    from validity_h_oracle import oracle_arguments, oracle_inputs, table
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", type=Path, help="a finished experiment of the configuration (its inversions are used)")
-    ap.add_argument("--configuration", required=True, choices=("sample", "single", "subtle", "ct"))
-    ap.add_argument("--root", type=Path, help="the validity root (single and subtle)")
-    ap.add_argument("--device", default="cpu")
+    oracle_arguments(ap)
     ap.add_argument("--space", choices=SPACES, default="h+skips", help="the activations a pattern lives in and edits")
     ap.add_argument("--scale", type=float, default=1.0, help="render the pattern at this multiple of ±0.5 and ±1 Δ")
-    ap.add_argument("--fit-images", type=Path, help="fit the patterns on these images instead of the selection images")
-    ap.add_argument("--fit-factors", type=Path, help="their ground truth (with --fit-images)")
-    ap.add_argument("--fit-folder", type=Path, help="where their inversions are cached (default: a temporary folder)")
     args = ap.parse_args(argv)
-    from validity import CONFIGURATIONS
-    from validity_h_oracle import table
-
-    cfg_v = next(c for c in CONFIGURATIONS if c.name == args.configuration)
-    if cfg_v.spec is not None and args.root is None:
-        raise SystemExit(f"{cfg_v.name}: give --root, the folder where `validity.py prepare` put its images")
-    if (args.fit_images is None) != (args.fit_factors is None):
-        raise SystemExit("give --fit-images and --fit-factors together")
     with tempfile.TemporaryDirectory() as tmp:
-        fit = None if args.fit_images is None else (args.fit_images, args.fit_factors, args.fit_folder or Path(tmp) / "fit")
+        cfg_v, fit = oracle_inputs(args, Path(tmp))
         rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.space, args.scale)
     print(json.dumps(rows, indent=1))
     print(table(rows, f"{cfg_v.name} [{args.space}{'' if args.scale == 1 else f', x {args.scale:g}'}]"))

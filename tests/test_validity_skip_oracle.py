@@ -118,3 +118,13 @@ def test_doctests(oracle):
 
     result = doctest.testmod(oracle)
     assert result.failed == 0 and result.attempted >= 2
+
+
+@pytest.mark.parametrize("name", ["validity_skip_oracle", "validity_h_oracle"])
+def test_command_lines_reject_incomplete_inputs(name, oracle):
+    """Both oracles' shared arguments: single and subtle need the validity root; the fit set needs its ground truth."""
+    mod = _load(name)
+    with pytest.raises(SystemExit, match="give --root"):
+        mod.main(["exp", "--configuration", "single"])
+    with pytest.raises(SystemExit, match="--fit-images and --fit-factors together"):
+        mod.main(["exp", "--configuration", "sample", "--fit-images", "cells"])
