@@ -11,7 +11,8 @@ each factor's pattern is the regression of these activations on all generator fa
 principal axes (r by cross-validation); it is rendered on the evaluation images at ±0.5 and ±1 Δ and at explain's
 calibrated in-data strength along it, then classified and decoded. An edit adds the pattern's offset to every
 activation of ``--space`` in the edited prediction of each edit step; the unedited prediction (Asyrp's direction term)
-gets none (:func:`render`).
+gets none (:func:`render`). The edited trajectory's own activations are recorded too: how far they move along the
+pattern before the offset is added shows whether the offset comes on top of a change the trajectory already made.
 
 ``--space`` chooses the activations: ``h+skips`` (default), ``skips`` (the skips alone), or ``h``, which fits and renders
 in h alone through this script's recording and sampler. ``h`` reproduces ``validity_h_oracle.py``'s rows and so checks
@@ -131,30 +132,36 @@ def unflatten(v: np.ndarray, shapes: list[tuple[int, ...]], parts: tuple[int, ..
 
 
 @torch.no_grad()
-def render(dm, xt: torch.Tensor, unit: list, scales: torch.Tensor, spec, batch_size: int = 32) -> torch.Tensor:
+def render(dm, xt: torch.Tensor, unit: list, scales: torch.Tensor, spec, batch_size: int = 32, along=None):
     """Images x_T (n, C, H, W) rendered with offsets ``scales[i, l]`` x ``unit`` (a list in :func:`layout` order) at
     every edit step: (n, L, C, H, W). In asymmetric mode only the edited prediction (the predicted-x0 term) carries the
-    offsets, as in explain's sampler."""
+    offsets, as in explain's sampler. With ``along`` = (e (D,), parts), also (n, L): the coordinate along e of the
+    edited trajectory's own activations ``parts`` (recorded before the offsets, averaged over the edit steps)."""
     n, levels = scales.shape
     img, s = torch.arange(n).repeat_interleave(levels), scales.flatten()  # (n*L,)
     ts = spec.timesteps(dm.num_train_timesteps)
-    out = []
+    out, own = [], []
     for start in range(0, n * levels, batch_size):
         sl = slice(start, min(start + batch_size, n * levels))
         x = xt[img[sl]].to(dm.device, dm.dtype)  # (b, C, H, W)
         k = s[sl].to(dm.device, dm.dtype)
         offsets = [None if u is None else k.view(-1, *(1,) * u.dim()) * u.to(dm.device, dm.dtype) for u in unit]
+        store: list | None = None if along is None else []
         for i in range(len(ts) - 1, -1, -1):
             t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
             a_t, a_prev = sampler._alpha(dm, t), sampler._alpha(dm, prev)
             if t < spec.t_edit:
                 x = sampler._ddim_step(x, dm.eps(x, t), a_t, a_prev)
                 continue
-            with activations(dm.unet, offsets=offsets):
+            with activations(dm.unet, offsets=offsets, store=store):
                 eps_edit = dm.eps(x, t)
             x = sampler._ddim_step(x, eps_edit, a_t, a_prev, dm.eps(x, t) if spec.asymmetric else None)
         out.append(x.float().cpu())
-    return torch.cat(out).view(n, levels, *xt.shape[1:])
+        if along is not None:  # store: one list of activations per edit step
+            acc = sum(torch.cat([step[j].double().flatten(1) for j in along[1]], 1) for step in store) / len(store)
+            own.append(acc.cpu().numpy() @ along[0])  # (b,)
+    x = torch.cat(out).view(n, levels, *xt.shape[1:])
+    return x if along is None else (x, np.concatenate(own).reshape(n, levels))
 
 
 def _fit(exp, inv, A, X, names, factors, deltas, steps, parts, fit, device):
@@ -176,10 +183,12 @@ def _fit(exp, inv, A, X, names, factors, deltas, steps, parts, fit, device):
 def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit: tuple[Path, Path, Path] | None = None,
         space: str = "h+skips", scale: float = 1.0) -> list[dict]:
     """One row per true factor (the h oracle's row, see :func:`validity_h_oracle._pattern_row`), with the space and the
-    share of the pattern's squared length that lies in h. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ
-    of the pattern (the in-data frame is unchanged)."""
+    share of the pattern's squared length that lies in h, and ``trajectory_shift``: per ±0.5/±1 frame, the median move along the
+    pattern (in Δ of the factor) of the edited trajectory's own activations, before the offset is added; the activations
+    the up blocks see have moved by that plus the offset. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ of
+    the pattern (the in-data frame is unchanged)."""
     from validity import decoder_for
-    from validity_h_oracle import _pattern_row, _setup, choose_rank, design, factor_patterns, scored
+    from validity_h_oracle import LEVELS, _pattern_row, _setup, choose_rank, design, factor_patterns, scored
 
     from diffex.explain.calibrate import edit_steps
 
@@ -202,13 +211,17 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
         unit = unflatten(a / norm, shapes, parts)
         coord = (A - A.mean(0)) @ (a / norm)  # (N,) centred, as explain's coordinates
 
-        def draw(scales, unit=unit):
-            x = render(dm, inv.xt[inv.evaluation], unit, torch.as_tensor(scales), cfg.sampler, cfg.batch_size)
+        drift: dict = {}
+
+        def draw(scales, unit=unit, e=a / norm, drift=drift):
+            x, own = render(dm, inv.xt[inv.evaluation], unit, torch.as_tensor(scales), cfg.sampler, cfg.batch_size, (e, parts))
+            moved = (own[:, :len(LEVELS)] - (A[inv.evaluation] @ e)[:, None]) / norm  # (n, 4) along e, in Δ
+            drift.update(zip([f"{lv:+g}" for lv in LEVELS], np.median(moved, 0).tolist()))  # the fixed-level frames
             return scored(exp, inv, x, dec)
 
         out.append({"factor": f, "space": space, "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
                     "rank": rank, "cv_within_r": cv_r, "mode": cfg.mode, "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
-                    **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi)})
+                    **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi), "trajectory_shift": drift})
     return out
 
 

@@ -87,6 +87,15 @@ def test_recording_and_sampler_match_explains(oracle):
     assert (got[2, 0] - got[0, 0]).abs().max() > 1e-2  # the edit does something
     with pytest.raises(ValueError, match="parts of"):
         oracle.unflatten(np.zeros(5), shapes, (0,))
+    # the edited trajectory's own activations: at zero strength the reconstruction's, paired with their images
+    parts = oracle.parts_of("h+skips", len(shapes))
+    e = np.random.default_rng(0).normal(size=full.shape[1])
+    unit = oracle.unflatten(e / np.linalg.norm(e), shapes, parts)
+    x0, own = oracle.render(dm, xt, unit, torch.zeros(3, 2), spec, batch_size=4, along=(e, parts))
+    np.testing.assert_allclose(own, np.repeat((full @ e)[:, None], 2, 1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x0[:, 1], sampler.ddim_render(dm, xt, spec), rtol=1e-5, atol=1e-5)
+    _, moved = oracle.render(dm, xt, unit, torch.full((3, 1), 3.0), spec, batch_size=4, along=(e, parts))
+    assert np.abs(moved[:, 0] - full @ e).min() > 1e-3  # an edit moves the trajectory's own activations
 
 
 def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch):  # noqa: F811
@@ -110,6 +119,7 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
     wide = oracle.run(res.out, cfg, root, "cpu", space="h+skips")
     assert [r["factor"] for r in wide] == ["nucleus_radius", "actin_level"]
     assert all(0 < r["h_share"] < 1 and r["space"] == "h+skips" for r in wide)
+    assert all(set(r["trajectory_shift"]) == {"-1", "-0.5", "+0.5", "+1"} for r in wide)
     assert h_oracle.table(wide, "tiny [h+skips]").count("\n") == 3
 
 
