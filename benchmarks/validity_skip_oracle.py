@@ -95,8 +95,8 @@ def activations(unet, offsets: list | None = None, store: list | None = None):
 
 
 def layout(dm) -> list[tuple[int, ...]]:
-    """Per-image shapes of the activations an edit may offset: h, then each up block's skip connections in the order
-    it consumes them."""
+    """Per-image shapes of the activations an edit may offset: h, then each up block's skip connections in the order of
+    the tuple it receives (diffusers' blocks read that tuple from its end)."""
     store: list = []
     x = torch.zeros(1, dm.info.in_channels, dm.info.image_size, dm.info.image_size, device=dm.device, dtype=dm.dtype)
     with torch.no_grad(), activations(dm.unet, store=store):
@@ -186,7 +186,8 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     share of the pattern's squared length that lies in h, and ``trajectory_shift``: per ±0.5/±1 frame, the median move along the
     pattern (in Δ of the factor) of the edited trajectory's own activations, before the offset is added; the activations
     the up blocks see have moved by that plus the offset. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ of
-    the pattern (the in-data frame is unchanged)."""
+    the pattern (the in-data frame is unchanged); the rows then label those frames ±0.5 and ±1 as before, and their
+    ``pattern_norm`` and ``delta_in_sd`` are the scaled frame's length."""
     from validity import decoder_for
     from validity_h_oracle import LEVELS, _pattern_row, _setup, choose_rank, design, factor_patterns, scored
 

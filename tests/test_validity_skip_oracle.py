@@ -106,6 +106,7 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
     h_oracle = _load("validity_h_oracle")
     want = h_oracle.run(res.out, cfg, root, "cpu")
     got = oracle.run(res.out, cfg, root, "cpu", space="h")
+    assert len(got) == len(want) == 2
     for w, g in zip(want, got):
         assert (g["factor"], g["rank"], g["n_eligible"]) == (w["factor"], w["rank"], w["n_eligible"])
         assert g["h_share"] == pytest.approx(1.0)
@@ -113,6 +114,7 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
             assert g[key] == pytest.approx(w[key], rel=1e-3, abs=1e-4), key
         assert g["change_at_1"] == pytest.approx(w["change_at_1"], abs=1e-3)
     half = oracle.run(res.out, cfg, root, "cpu", space="h", scale=0.5)  # frames at half the offsets; the in-data frame as is
+    assert len(half) == 2
     for w, g in zip(want, half):
         assert g["pattern_norm"] == pytest.approx(0.5 * w["pattern_norm"], rel=1e-3)
         assert (g["sd"], g["in_data_shift_sd"], g["flips_in_data"]) == pytest.approx((w["sd"], w["in_data_shift_sd"], w["flips_in_data"]), rel=1e-3)
