@@ -1,8 +1,10 @@
-"""Check an explain run on synthetic cells against its ground truth (issue acceptance criteria).
+"""Check an explain run on synthetic cells or CT lesions against its ground truth (issue acceptance criteria).
 
-The synthetic conditions differ in ``nucleus_radius`` (measured on renders as DNA object area) and
-``actin_level`` (Actin object mean intensity); cell size, position and elongation are nuisance
-factors. Each true factor is matched to an attribute and judged by the rules of
+The synthetic cells' conditions differ in ``nucleus_radius`` (measured on renders as DNA object area)
+and ``actin_level`` (Actin object mean intensity); cell size, position and elongation are nuisance
+factors. The synthetic lesions' differ in ``diameter_mm`` and ``solid_fraction`` (the lesion
+readouts of ``validity_score.MEASURE_CT``), with the nodule's position, mean density and margin as
+nuisance; which set applies follows from the experiment (CT when it has an imaging geometry). Each true factor is matched to an attribute and judged by the rules of
 ``benchmarks/validity.py`` (see its docstring): right sign of the change (from the ground truth),
 |r| >= 0.8 with its factor and <= 0.3 with the other, among the top 3, condition separation
 (AUC >= 0.7, adjusted p < 0.01), nuisance drift of the match < 10 %, full-strength renders within
@@ -36,13 +38,15 @@ def _validity():
     return sys.modules["validity"]
 
 
-def _print_attributes(res, v) -> None:
-    print(f"{'attribute':<28} {'rank':>4} {'flips (baseline)':>17} " + " ".join(f"{'readout r ' + f:>24}" for f in v.MEASURE)
+def _print_attributes(res, v, readouts) -> None:
+    """One line per attribute: rank, flips, the raw readouts' r with strength, and the largest nuisance drift."""
+    print(f"{'attribute':<28} {'rank':>4} {'flips (baseline)':>17} " + " ".join(f"{'readout r ' + f:>24}" for f in readouts.measure)
           + "  max nuisance drift (readouts)")
     for a in res.attributes:
-        drift, worst = v.nuisance_drift(a)
+        drift, worst = v.nuisance_drift(a, readouts.nuisance, readouts.drift_scale)
         flips = f"{a.flip_rate:.0%} ({a.baseline_at_target:.0%})"
-        print(f"{a.id[:28]:<28} {a.rank:>4} {flips:>17} " + " ".join(f"{v.trend_r(a, col):>+24.2f}" for col in v.MEASURE.values())
+        print(f"{a.id[:28]:<28} {a.rank:>4} {flips:>17} "
+              + " ".join(f"{v.trend_r(a, col):>+24.2f}" for col in readouts.measure.values())
               + (f"  {worst} {drift:.0%}" if worst else "  –"))
 
 
@@ -79,8 +83,9 @@ def main(exp: Path, images: Path | None = None, factors: Path | None = None, dif
         raise SystemExit(f"{factors}: no ground truth; pass --factors")
     modality = "ct" if res.imaging is not None else "microscopy"
     dec = v.decoder_for(v.Configuration("acceptance", (), spec, modality), res.diffusion_model.image_size) if decode else None
-    row = v.score(exp, images, factors, tuple(differs or v.MEASURE), decoder=dec)
-    _print_attributes(res, v)
+    real = v._real_measurements(images, res.diffusion_model.image_size, res.channel_names, res.imaging)
+    row = v.score(exp, images, factors, differs, real=real, decoder=dec)
+    _print_attributes(res, v, v.readouts_of(res, real[1]))
     print()
     for f, s in row["factors"].items():
         print(_verdict(f, s))
@@ -93,7 +98,7 @@ def cli(argv=None) -> int:
     ap.add_argument("experiment", type=Path)
     ap.add_argument("--images", type=Path, default=None, help="the real images (default: those of the experiment)")
     ap.add_argument("--factors", type=Path, default=None, help="ground-truth CSV (default: <images>_factors.csv)")
-    ap.add_argument("--differs", action="append", default=None, help="factors the conditions differ in (default: both)")
+    ap.add_argument("--differs", action="append", default=None, help="factors the conditions differ in (default: the two the modality measures)")
     ap.add_argument("--spec", type=Path, default=None, help="generator YAML of the images (default: the sample data's)")
     ap.add_argument("--readouts", action="store_true", help="score the raw readouts, not the decoded factors")
     args = ap.parse_args(argv)

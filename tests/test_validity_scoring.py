@@ -378,3 +378,28 @@ def test_ct_readouts_score_diameter_and_solid_share_with_drift_relative_to_the_p
                                                       "criteria": dict.fromkeys(validity.CRITERIA, False)}},
                           "l1": None, "ssim": None, "realism_median_abs_z": None, "realism_share_any_z_over_4": None}])
     assert "| ct (nodule diameter) | gradient | ✗ / n/a | none / n/a |" in md
+
+
+def test_without_differs_each_modality_scores_its_own_two_factors(tmp_path):
+    """differs=None: microscopy scores nuclear size and cytoplasm as when both are named; CT its lesion diameter and solid share."""
+    from diffex.report.results import ImagingSummary, read_results
+
+    atts = [attribute("a1", r_dna=0.9, drift=0.02), attribute("a2", rank=2, r_actin=0.85)]
+    named, default = score(tmp_path / "named", atts), score(tmp_path / "default", atts, differs=None)
+    assert tuple(default["factors"]) == BOTH and default["factors"] == named["factors"] and default["passed"]
+    diam, solid = validity.MEASURE_CT["diameter_mm"], validity.MEASURE_CT["solid_fraction"]
+    ct_cols = [diam, solid, *validity.NUISANCE_CT.values()]
+    real = {c: np.linspace(1.0, 2.0, 20) for c in ct_cols}  # every CT readout between 1 and 2; renders at 1.5
+    ct = attribute("c1", r_dna=0.0)
+    ct.morphology = {c: Trend(0.0, 0.0, 0.0) for c in ct_cols} | {diam: Trend(0.9, 0.2, -0.2)}
+    exp = write_folder(tmp_path / "ct", [ct], rows=morphology_rows("c1", dict.fromkeys(ct_cols, 1.5)))
+    res = read_results(exp / "results.json")
+    res.imaging = ImagingSummary(modality="ct", spacing_mm=0.5, windows=[{"name": "lung", "low": -1350.0, "high": 150.0}], input="")
+    write_results(exp / "results.json", res)
+    truth = tmp_path / "ct_truth.csv"
+    truth.write_text("path,condition,diameter_mm,solid_fraction\n"
+                     + "".join(f"{p},{p.split('/')[0]},{8 + 4 * p.startswith('t')},{0.3 + 0.4 * p.startswith('t')}\n" for p in PATHS))
+    row = validity.score(exp, None, truth, None, real=(PATHS, real))
+    assert tuple(row["factors"]) == ("diameter_mm", "solid_fraction")
+    assert row["factors"]["diameter_mm"]["attribute"] == "c1" and row["factors"]["diameter_mm"]["r"] == 0.9
+    assert row["factors"]["solid_fraction"]["attribute"] is None
