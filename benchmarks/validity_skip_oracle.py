@@ -17,6 +17,9 @@ pattern before the offset is added shows whether the offset comes on top of a ch
 ``--space`` chooses the activations: ``h+skips`` (default), ``skips`` (the skips alone), or ``h``, which fits and renders
 in h alone through this script's recording and sampler. ``h`` reproduces ``validity_h_oracle.py``'s rows and so checks
 this code path; the tests check the recording against explain's own h and the sampler against explain's.
+``--render`` renders only part of the fitted pattern (e.g. its h part, fitted in ``h+skips``): the other activations get
+no offset, the frames keep the whole pattern's levels and coordinate. Whether the h part of the h+skips pattern moves the
+factor by itself tells whether leaving the skips unedited is what made the h-only pattern fail.
 
 Usage::
 
@@ -54,6 +57,23 @@ SPACES = ("h+skips", "skips", "h")
 def parts_of(space: str, n_parts: int) -> tuple[int, ...]:
     """Indices into :func:`layout` of the activations ``space`` edits: 0 is h, 1 ... the skips."""
     return {"h": (0,), "skips": tuple(range(1, n_parts)), "h+skips": tuple(range(n_parts))}[space]
+
+
+def restricted(unit: list, space: str, rendered: str) -> list:
+    """The offsets of a pattern fitted in ``space`` (a list in :func:`layout` order) with only the parts of ``rendered``
+    kept (None elsewhere: no offset); ``rendered`` must lie within ``space``.
+
+    >>> restricted([1, 2, 3], "h+skips", "h")
+    [1, None, None]
+    >>> restricted([None, 2, 3], "skips", "h")
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot render the h part of a pattern fitted in skips
+    """
+    keep = set(parts_of(rendered, len(unit)))
+    if not keep <= set(parts_of(space, len(unit))):
+        raise ValueError(f"cannot render the {rendered} part of a pattern fitted in {space}")
+    return [u if j in keep else None for j, u in enumerate(unit)]
 
 
 @contextlib.contextmanager
@@ -181,13 +201,14 @@ def _fit(exp, inv, A, X, names, factors, deltas, steps, parts, fit, device):
 
 
 def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit: tuple[Path, Path, Path] | None = None,
-        space: str = "h+skips", scale: float = 1.0) -> list[dict]:
+        space: str = "h+skips", scale: float = 1.0, rendered: str | None = None) -> list[dict]:
     """One row per true factor (the h oracle's row, see :func:`validity_h_oracle._pattern_row`), with the space and the
     share of the pattern's squared length that lies in h, and ``trajectory_shift``: per ±0.5/±1 frame, the median move along the
     pattern (in Δ of the factor) of the edited trajectory's own activations, before the offset is added; the activations
     the up blocks see have moved by that plus the offset. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ of
     the pattern (the in-data frame is unchanged); the rows then label those frames ±0.5 and ±1 as before, and their
-    ``pattern_norm`` and ``delta_in_sd`` are the scaled frame's length."""
+    ``pattern_norm`` and ``delta_in_sd`` are the scaled frame's length. ``rendered``: offset only this part of the
+    pattern (:func:`restricted`; None: all of ``space``)."""
     from validity import decoder_for
     from validity_h_oracle import LEVELS, _pattern_row, _setup, choose_rank, design, factor_patterns, scored
 
@@ -199,6 +220,8 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     steps = edit_steps(cfg.sampler.timesteps(dm.num_train_timesteps), cfg.t_edit)
     shapes = layout(dm)
     parts = parts_of(space, len(shapes))
+    rendered = rendered or space
+    restricted([None] * len(shapes), space, rendered)  # refuse before the costly recording
     A = record(dm, inv.xt, cfg.sampler, steps, parts, cfg.batch_size)  # (N, D)
     deltas = {f: delta_of(spec, f) for f in factors}
     X, names = design(rows, factors, deltas)
@@ -209,7 +232,7 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
         rank, cv_r = choose_rank(A_fit, X_fit, names, f, lab_fit, cfg.seed)
         a = factor_patterns(A_fit, X_fit, names, (f,), rank)[f]
         norm = float(np.linalg.norm(a))
-        unit = unflatten(a / norm, shapes, parts)
+        unit = restricted(unflatten(a / norm, shapes, parts), space, rendered)
         coord = (A - A.mean(0)) @ (a / norm)  # (N,) centred, as explain's coordinates
 
         drift: dict = {}
@@ -220,7 +243,7 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
             drift.update(zip([f"{lv:+g}" for lv in LEVELS], np.median(moved, 0).tolist()))  # the fixed-level frames
             return scored(exp, inv, x, dec)
 
-        out.append({"factor": f, "space": space, "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
+        out.append({"factor": f, "space": space, "rendered": rendered, "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
                     "rank": rank, "cv_within_r": cv_r, "mode": cfg.mode, "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
                     **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi), "trajectory_shift": drift})
     return out
@@ -233,12 +256,19 @@ def main(argv=None) -> int:
     oracle_arguments(ap)
     ap.add_argument("--space", choices=SPACES, default="h+skips", help="the activations a pattern lives in and edits")
     ap.add_argument("--scale", type=float, default=1.0, help="render the pattern at this multiple of ±0.5 and ±1 Δ")
+    ap.add_argument("--render", choices=SPACES, default=None, help="render only this part of the pattern (default: all of it)")
     args = ap.parse_args(argv)
+    if args.render:
+        try:
+            restricted([None] * 3, args.space, args.render)
+        except ValueError as e:
+            raise SystemExit(f"--render {args.render}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         cfg_v, fit = oracle_inputs(args, Path(tmp))
-        rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.space, args.scale)
+        rows = run(args.experiment, cfg_v, args.root, args.device, fit, args.space, args.scale, args.render)
+    part = f" rendered in {args.render}" if args.render and args.render != args.space else ""
     print(json.dumps(rows, indent=1))
-    print(table(rows, f"{cfg_v.name} [{args.space}{'' if args.scale == 1 else f', x {args.scale:g}'}]"))
+    print(table(rows, f"{cfg_v.name} [{args.space}{part}{'' if args.scale == 1 else f', x {args.scale:g}'}]"))
     return 0
 
 

@@ -118,11 +118,31 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
     for w, g in zip(want, half):
         assert g["pattern_norm"] == pytest.approx(0.5 * w["pattern_norm"], rel=1e-3)
         assert (g["sd"], g["in_data_shift_sd"], g["flips_in_data"]) == pytest.approx((w["sd"], w["in_data_shift_sd"], w["flips_in_data"]), rel=1e-3)
+    units: dict = {"h+skips": [], "h": []}
+    real_render = oracle.render
+
+    def spy(dm, xt, unit, *args, **kw):
+        units[now].append(unit)
+        return real_render(dm, xt, unit, *args, **kw)
+
+    monkeypatch.setattr(oracle, "render", spy)
+    now = "h+skips"
     wide = oracle.run(res.out, cfg, root, "cpu", space="h+skips")
     assert [r["factor"] for r in wide] == ["nucleus_radius", "actin_level"]
-    assert all(0 < r["h_share"] < 1 and r["space"] == "h+skips" for r in wide)
+    assert all(0 < r["h_share"] < 1 and r["space"] == r["rendered"] == "h+skips" for r in wide)
     assert all(set(r["trajectory_shift"]) == {"-1", "-0.5", "+0.5", "+1"} for r in wide)
     assert h_oracle.table(wide, "tiny [h+skips]").count("\n") == 3
+    now = "h"  # the same pattern, only its h part rendered: same fit and coordinate, other renders
+    part = oracle.run(res.out, cfg, root, "cpu", space="h+skips", rendered="h")
+    for w, g in zip(wide, part):
+        assert g["rendered"] == "h" and (g["rank"], g["h_share"]) == (w["rank"], w["h_share"])
+        assert (g["pattern_norm"], g["sd"], g["within_r"]) == (w["pattern_norm"], w["sd"], w["within_r"])
+        assert g["change_at_1"] != w["change_at_1"]
+    assert len(units["h"]) == len(units["h+skips"]) >= 2
+    for uw, uh in zip(units["h+skips"], units["h"]):
+        assert torch.equal(uh[0], uw[0]) and all(u is None for u in uh[1:]) and all(u is not None for u in uw)
+    with pytest.raises(ValueError, match="the h part of a pattern fitted in skips"):
+        oracle.run(res.out, cfg, root, "cpu", space="skips", rendered="h")
 
 
 def test_doctests(oracle):
@@ -140,3 +160,6 @@ def test_command_lines_reject_incomplete_inputs(name, oracle):
         mod.main(["exp", "--configuration", "single"])
     with pytest.raises(SystemExit, match="--fit-images and --fit-factors together"):
         mod.main(["exp", "--configuration", "sample", "--fit-images", "cells"])
+    if name == "validity_skip_oracle":
+        with pytest.raises(SystemExit, match="--render h: cannot render the h part of a pattern fitted in skips"):
+            mod.main(["exp", "--configuration", "sample", "--space", "skips", "--render", "h"])
