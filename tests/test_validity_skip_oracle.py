@@ -163,3 +163,44 @@ def test_command_lines_reject_incomplete_inputs(name, oracle):
     if name == "validity_skip_oracle":
         with pytest.raises(SystemExit, match="--render h: cannot render the h part of a pattern fitted in skips"):
             mod.main(["exp", "--configuration", "sample", "--space", "skips", "--render", "h"])
+
+
+@torch.no_grad()
+def test_the_edited_trajectorys_own_move_matches_a_step_by_step_loop(oracle):
+    """At non-zero strength, the edited trajectory's own h along the pattern (recorded before the offset, averaged over
+    explain's edit steps) equals a loop that renders one image at a time with its own mid-block hook."""
+    dm = tiny_model()
+    g = torch.Generator().manual_seed(3)
+    xt = torch.randn(2, 1, 8, 8, generator=g)
+    spec = sampler.SamplerSpec(steps=5, t_end=699, t_edit=300, mode="asymmetric")
+    shapes = oracle.layout(dm)
+    u = torch.randn(*shapes[0], generator=g)
+    u /= u.norm()
+    e = u.flatten().double().numpy()
+    k = torch.tensor([[2.5, -4.0], [6.0, 0.0]])  # (image, level)
+    _, own = oracle.render(dm, xt, oracle.unflatten(e, shapes, (0,)), k, spec, batch_size=3, along=(e, (0,)))
+    ts = spec.timesteps(dm.num_train_timesteps)
+    n_edit = int(np.sum(edit_steps(ts, spec.t_edit)))
+    want = np.zeros((2, 2))
+    for n in range(2):
+        for lv in range(2):
+            x, hs = xt[n:n + 1], []
+
+            def hook(_m, _inp, out, s=float(k[n, lv])):
+                hs.append(out.double().flatten())
+                return out + s * u
+
+            for i in range(len(ts) - 1, -1, -1):
+                t, prev = int(ts[i]), int(ts[i - 1]) if i > 0 else -1
+                a_t, a_prev = sampler._alpha(dm, t), sampler._alpha(dm, prev)
+                if t < spec.t_edit:
+                    x = sampler._ddim_step(x, dm.eps(x, t), a_t, a_prev)
+                    continue
+                handle = dm.unet.mid_block.register_forward_hook(hook)
+                eps_edit = dm.eps(x, t)
+                handle.remove()
+                x = sampler._ddim_step(x, eps_edit, a_t, a_prev, dm.eps(x, t))
+            assert len(hs) == n_edit
+            want[n, lv] = float(torch.stack(hs).mean(0).numpy() @ e)
+    np.testing.assert_allclose(own, want, rtol=1e-5, atol=1e-5)
+    assert abs(want[0, 0] - want[0, 1]) > 1e-3  # the two strengths moved the trajectory differently
