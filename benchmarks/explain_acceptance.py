@@ -4,7 +4,8 @@ The synthetic cells' conditions differ in ``nucleus_radius`` (measured on render
 and ``actin_level`` (Actin object mean intensity); cell size, position and elongation are nuisance
 factors. The synthetic lesions' differ in ``diameter_mm`` and ``solid_fraction`` (the lesion
 readouts of ``validity_score.MEASURE_CT``), with the nodule's position, mean density and margin as
-nuisance; which set applies follows from the experiment (CT when it has an imaging geometry). Each true factor is matched to an attribute and judged by the rules of
+nuisance; which set applies follows from the experiment (CT when it has an imaging geometry).
+Each true factor is matched to an attribute and judged by the rules of
 ``benchmarks/validity.py`` (see its docstring): right sign of the change (from the ground truth),
 |r| >= 0.8 with its factor and <= 0.3 with the other, among the top 3, condition separation
 (AUC >= 0.7, adjusted p < 0.01), nuisance drift of the match < 10 %, full-strength renders within
@@ -98,7 +99,8 @@ def cli(argv=None) -> int:
     ap.add_argument("experiment", type=Path)
     ap.add_argument("--images", type=Path, default=None, help="the real images (default: those of the experiment)")
     ap.add_argument("--factors", type=Path, default=None, help="ground-truth CSV (default: <images>_factors.csv)")
-    ap.add_argument("--differs", action="append", default=None, help="factors the conditions differ in (default: the two the modality measures)")
+    ap.add_argument("--differs", action="append", default=None,
+                    help="factors the conditions differ in (default: the two the modality measures)")
     ap.add_argument("--spec", type=Path, default=None, help="generator YAML of the images (default: the sample data's)")
     ap.add_argument("--readouts", action="store_true", help="score the raw readouts, not the decoded factors")
     args = ap.parse_args(argv)

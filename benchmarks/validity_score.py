@@ -327,7 +327,8 @@ def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...
           decoder=None) -> dict:
     """Score one finished experiment folder against the ground truth of its images.
 
-    ``differs``: the factors the conditions differ in (None: the two its modality measures, MEASURE or MEASURE_CT). ``real``: the real images' (relative paths, measurements); measured from ``images`` when None. ``decoder``: the
+    ``differs``: the factors the conditions differ in (None: the two its modality measures, MEASURE or MEASURE_CT).
+    ``real``: the real images' (relative paths, measurements); measured from ``images`` when None. ``decoder``: the
     configuration's (validity_oracle.py); without one the readouts are taken as the factors.
     """
     from diffex.report.folder import read_morphology
@@ -344,7 +345,8 @@ def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...
                                 or set(decoder.nuisance) != set(readouts.nuisance.values())):
         raise SystemExit(f"{exp}: the decoder reads {decoder.columns} and {decoder.nuisance}, the experiment's readouts are "
                          f"{tuple(readouts.measure.values())} and {tuple(readouts.nuisance.values())}")
-    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts, decoder) for f in differs or readouts.measure}
+    per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts, decoder)
+                  for f in differs or readouts.measure}
     top = [a for a in res.attributes if a.rank == 1]
     return {"attributes": len(res.attributes), "elapsed_s": res.elapsed_s, "factors": per_factor,
             "passed": all(v["passed"] for v in per_factor.values()), **strength_figures(res.attributes),
