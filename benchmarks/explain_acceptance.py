@@ -2,7 +2,7 @@
 
 The synthetic cells' conditions differ in ``nucleus_radius`` (measured on renders as DNA object area)
 and ``actin_level`` (Actin object mean intensity); cell size, position and elongation are nuisance
-factors. The synthetic lesions' differ in ``diameter_mm`` and ``solid_fraction`` (the lesion
+factors. The synthetic lesions' conditions differ in ``diameter_mm`` and ``solid_fraction`` (the lesion
 readouts of ``validity_score.MEASURE_CT``), with the nodule's position, mean density and margin as
 nuisance; which set applies follows from the experiment (CT when it has an imaging geometry).
 Each true factor is matched to an attribute and judged by the rules of
@@ -10,8 +10,8 @@ Each true factor is matched to an attribute and judged by the rules of
 |r| >= 0.8 with its factor and <= 0.3 with the other, among the top 3, condition separation
 (AUC >= 0.7, adjusted p < 0.01), nuisance drift of the match < 10 %, full-strength renders within
 the real images' range. As in the benchmark, the readouts are decoded into factor changes with the
-decoder fitted on the images' generator (``--spec``, default the sample data's; validity_decode.py);
-``--readouts`` scores the raw readouts instead. This prints every attribute's figures, then each
+decoder fitted on the images' generator (``--spec``, default the sample data's; CT: the lesion
+generator's; validity_decode.py); ``--readouts`` scores the raw readouts instead. This prints every attribute's figures, then each
 factor's match and the criteria it fails. Exit code 0 when every factor passes, 1 otherwise.
 
 The real images are those the experiment explained (``images`` in results.json) and the ground
@@ -71,7 +71,7 @@ def main(exp: Path, images: Path | None = None, factors: Path | None = None, dif
          spec: Path | None = None, decode: bool = True) -> int:
     """Print the attributes and each factor's verdict; 0 when every factor passes, else 1.
 
-    ``spec``: the generator YAML of the images (None: the sample data's); ``decode=False``: the raw readouts as the factors.
+    ``spec``: the generator YAML of the cells (None: the sample data's; ignored for CT); ``decode=False``: the raw readouts as the factors.
     """
     from diffex.report.results import read_results
 
@@ -101,7 +101,8 @@ def cli(argv=None) -> int:
     ap.add_argument("--factors", type=Path, default=None, help="ground-truth CSV (default: <images>_factors.csv)")
     ap.add_argument("--differs", action="append", default=None,
                     help="factors the conditions differ in (default: the two the modality measures)")
-    ap.add_argument("--spec", type=Path, default=None, help="generator YAML of the images (default: the sample data's)")
+    ap.add_argument("--spec", type=Path, default=None,
+                    help="generator YAML of the cells (default: the sample data's; CT uses the lesion generator's)")
     ap.add_argument("--readouts", action="store_true", help="score the raw readouts, not the decoded factors")
     args = ap.parse_args(argv)
     return main(args.experiment, args.images, args.factors, tuple(args.differs) if args.differs else None, args.spec,

@@ -258,8 +258,8 @@ def main(argv=None) -> int:
 
             cfg = {c.name: c for c in CONFIGURATIONS}[args.configuration]
             dec = decoder_for(cfg, read_results(args.experiment / "results.json").diffusion_model.image_size)
-        print(json.dumps(score(args.experiment, args.images, args.factors, tuple(args.differs) if args.differs else None,
-                                     decoder=dec), indent=1))
+        differs = tuple(args.differs) if args.differs else None
+        print(json.dumps(score(args.experiment, args.images, args.factors, differs, decoder=dec), indent=1))
     return 0
 
 

@@ -345,6 +345,9 @@ def score(exp: Path, images: Path | None, factors: Path, differs: tuple[str, ...
                                 or set(decoder.nuisance) != set(readouts.nuisance.values())):
         raise SystemExit(f"{exp}: the decoder reads {decoder.columns} and {decoder.nuisance}, the experiment's readouts are "
                          f"{tuple(readouts.measure.values())} and {tuple(readouts.nuisance.values())}")
+    unknown = [f for f in differs or () if f not in readouts.measure]
+    if unknown:
+        raise SystemExit(f"{exp}: cannot score {unknown}; this experiment's readouts measure {list(readouts.measure)}")
     per_factor = {f: match_factor(res.attributes, f, truth, rows, ranges, readouts, decoder)
                   for f in differs or readouts.measure}
     top = [a for a in res.attributes if a.rank == 1]

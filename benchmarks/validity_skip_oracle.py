@@ -17,9 +17,13 @@ pattern before the offset is added shows whether the offset comes on top of a ch
 ``--space`` chooses the activations: ``h+skips`` (default), ``skips`` (the skips alone), or ``h``, which fits and renders
 in h alone through this script's recording and sampler. ``h`` reproduces ``validity_h_oracle.py``'s rows and so checks
 this code path; the tests check the recording against explain's own h and the sampler against explain's.
-``--render`` renders only part of the fitted pattern (e.g. its h part, fitted in ``h+skips``): the other activations get
-no offset, the frames keep the whole pattern's levels and coordinate. Whether the h part of the h+skips pattern moves the
-factor by itself tells whether leaving the skips unedited is what made the h-only pattern fail.
+``--render`` renders only part of the fitted pattern (e.g. its h part, fitted in ``h+skips``), an ablation: at each
+level the rendered part gets exactly the offset the whole pattern's render gives it, the other activations none, so the
+difference from the whole render is what the other part's offsets contribute. The rows' levels, ``pattern_norm``,
+``sd``, in-data frame and ``trajectory_shift`` stay those of the whole pattern; ``rendered_norm`` is the length of the
+part actually offset at 1 Δ (the whole length x the square root of its share). The h part of the h+skips pattern comes
+from the joint fit, not from an h-only fit, so whether it moves the factor tells whether *this* pattern needs its skip
+offsets, not why the h-only pattern failed.
 
 Usage::
 
@@ -208,7 +212,7 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     the up blocks see have moved by that plus the offset. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ of
     the pattern (the in-data frame is unchanged); the rows then label those frames ±0.5 and ±1 as before, and their
     ``pattern_norm`` and ``delta_in_sd`` are the scaled frame's length. ``rendered``: offset only this part of the
-    pattern (:func:`restricted`; None: all of ``space``)."""
+    pattern (:func:`restricted`; None: all of ``space``); ``rendered_norm`` is that part's length at the 1 Δ frame."""
     from validity import decoder_for
     from validity_h_oracle import LEVELS, _pattern_row, _setup, choose_rank, design, factor_patterns, scored
 
@@ -243,7 +247,9 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
             drift.update(zip([f"{lv:+g}" for lv in LEVELS], np.median(moved, 0).tolist()))  # the fixed-level frames
             return scored(exp, inv, x, dec)
 
-        out.append({"factor": f, "space": space, "rendered": rendered, "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
+        kept = np.concatenate([np.ravel(u.numpy()) for u in unit if u is not None])  # the rendered part of a / norm
+        out.append({"factor": f, "space": space, "rendered": rendered, "rendered_norm": scale * norm * float(np.linalg.norm(kept)),
+                    "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
                     "rank": rank, "cv_within_r": cv_r, "mode": cfg.mode, "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
                     **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi), "trajectory_shift": drift})
     return out
@@ -258,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="render the pattern at this multiple of ±0.5 and ±1 Δ")
     ap.add_argument("--render", choices=SPACES, default=None, help="render only this part of the pattern (default: all of it)")
     args = ap.parse_args(argv)
-    if args.render:
+    if args.render:  # refused before the inputs are prepared (the fit set's inversion takes minutes); 3 parts: h and two skips
         try:
             restricted([None] * 3, args.space, args.render)
         except ValueError as e:

@@ -380,26 +380,47 @@ def test_ct_readouts_score_diameter_and_solid_share_with_drift_relative_to_the_p
     assert "| ct (nodule diameter) | gradient | ✗ / n/a | none / n/a |" in md
 
 
-def test_without_differs_each_modality_scores_its_own_two_factors(tmp_path):
-    """differs=None: microscopy scores nuclear size and cytoplasm as when both are named; CT its lesion diameter and solid share."""
+
+def ct_folder(tmp_path: Path) -> tuple[Path, Path, tuple]:
+    """A CT experiment folder whose one attribute tracks the lesion diameter (r 0.9) and nothing else, with the ground
+    truth (malignant lesions larger and more solid) and the real images' readouts, every one between 1 and 2."""
     from diffex.report.results import ImagingSummary, read_results
 
-    atts = [attribute("a1", r_dna=0.9, drift=0.02), attribute("a2", rank=2, r_actin=0.85)]
-    named, default = score(tmp_path / "named", atts), score(tmp_path / "default", atts, differs=None)
-    assert tuple(default["factors"]) == BOTH and default["factors"] == named["factors"] and default["passed"]
-    diam, solid = validity.MEASURE_CT["diameter_mm"], validity.MEASURE_CT["solid_fraction"]
-    ct_cols = [diam, solid, *validity.NUISANCE_CT.values()]
-    real = {c: np.linspace(1.0, 2.0, 20) for c in ct_cols}  # every CT readout between 1 and 2; renders at 1.5
-    ct = attribute("c1", r_dna=0.0)
-    ct.morphology = {c: Trend(0.0, 0.0, 0.0) for c in ct_cols} | {diam: Trend(0.9, 0.2, -0.2)}
-    exp = write_folder(tmp_path / "ct", [ct], rows=morphology_rows("c1", dict.fromkeys(ct_cols, 1.5)))
+    diam = validity.MEASURE_CT["diameter_mm"]
+    cols = [*validity.MEASURE_CT.values(), *validity.NUISANCE_CT.values()]
+    ct = attribute("c1")
+    ct.morphology = {c: Trend(0.0, 0.0, 0.0) for c in cols} | {diam: Trend(0.9, 0.2, -0.2)}
+    exp = write_folder(tmp_path / "ct", [ct], rows=morphology_rows("c1", dict.fromkeys(cols, 1.5)))
     res = read_results(exp / "results.json")
     res.imaging = ImagingSummary(modality="ct", spacing_mm=0.5, windows=[{"name": "lung", "low": -1350.0, "high": 150.0}], input="")
     write_results(exp / "results.json", res)
     truth = tmp_path / "ct_truth.csv"
     truth.write_text("path,condition,diameter_mm,solid_fraction\n"
                      + "".join(f"{p},{p.split('/')[0]},{8 + 4 * p.startswith('t')},{0.3 + 0.4 * p.startswith('t')}\n" for p in PATHS))
-    row = validity.score(exp, None, truth, None, real=(PATHS, real))
+    return exp, truth, (PATHS, {c: np.linspace(1.0, 2.0, 20) for c in cols})
+
+
+def test_without_differs_each_modality_scores_its_own_two_factors(tmp_path, monkeypatch, capsys):
+    """differs=None: microscopy scores nuclear size and cytoplasm as when both are named; CT its lesion diameter and solid
+    share, in the scorer, in `validity.py score` and in the acceptance script (which prints the CT readouts)."""
+    atts = [attribute("a1", r_dna=0.9, drift=0.02), attribute("a2", rank=2, r_actin=0.85)]
+    named, default = score(tmp_path / "named", atts), score(tmp_path / "default", atts, differs=None)
+    assert tuple(default["factors"]) == BOTH and default["passed"] and named["passed"]
+    for f in BOTH:
+        assert (default["factors"][f]["attribute"], default["factors"][f]["r"]) == (named["factors"][f]["attribute"], named["factors"][f]["r"])
+    exp, truth, real = ct_folder(tmp_path)
+    row = validity.score(exp, None, truth, None, real=real)
     assert tuple(row["factors"]) == ("diameter_mm", "solid_fraction")
     assert row["factors"]["diameter_mm"]["attribute"] == "c1" and row["factors"]["diameter_mm"]["r"] == 0.9
     assert row["factors"]["solid_fraction"]["attribute"] is None
+    with pytest.raises(SystemExit, match=r"cannot score \['nucleus_radius'\]; this experiment's readouts measure"):
+        validity.score(exp, None, truth, ("nucleus_radius",), real=real)
+    monkeypatch.setattr(sys.modules["validity_score"], "_real_measurements", lambda *a, **k: real)
+    assert validity.main(["score", str(exp), "--images", "x", "--factors", str(truth)]) == 0
+    assert '"diameter_mm": {\n   "attribute": "c1"' in capsys.readouterr().out
+    acceptance = _load("explain_acceptance")
+    monkeypatch.setattr(validity, "_real_measurements", lambda *a, **k: real)
+    assert acceptance.main(exp, images=tmp_path, factors=truth, decode=False) == 1
+    out = capsys.readouterr().out
+    assert "readout r diameter_mm" in out and "readout r solid_fraction" in out and "nucleus" not in out
+    assert "diameter_mm: matched by c1" in out and "solid_fraction: NOT matched" in out

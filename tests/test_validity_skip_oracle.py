@@ -138,6 +138,8 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
         assert g["rendered"] == "h" and (g["rank"], g["h_share"]) == (w["rank"], w["h_share"])
         assert (g["pattern_norm"], g["sd"], g["within_r"]) == (w["pattern_norm"], w["sd"], w["within_r"])
         assert g["change_at_1"] != w["change_at_1"]
+        assert w["rendered_norm"] == pytest.approx(w["pattern_norm"], rel=1e-5)
+        assert g["rendered_norm"] == pytest.approx(w["pattern_norm"] * np.sqrt(w["h_share"]), rel=1e-5)
     assert len(units["h"]) == len(units["h+skips"]) >= 2
     for uw, uh in zip(units["h+skips"], units["h"]):
         assert torch.equal(uh[0], uw[0]) and all(u is None for u in uh[1:]) and all(u is not None for u in uw)
