@@ -204,6 +204,19 @@ def _fit(exp, inv, A, X, names, factors, deltas, steps, parts, fit, device):
     return A_fit, X_fit, fexp.labels[finv.usable]
 
 
+def h_only_comparison(A_fit: np.ndarray, X_fit: np.ndarray, names: list, factor: str, labels, seed: int, a: np.ndarray,
+                      n_h: int) -> dict:
+    """How the h part of a pattern ``a`` (its first ``n_h`` values) compares with the pattern fitted in h alone on the same
+    images (its own rank by cross-validation): the h-only fit's rank, the cosine of the two, and the ratio of lengths."""
+    from validity_h_oracle import choose_rank, factor_patterns
+
+    rank, _ = choose_rank(A_fit[:, :n_h], X_fit, names, factor, labels, seed)
+    a_h = factor_patterns(A_fit[:, :n_h], X_fit, names, (factor,), rank)[factor]
+    part = a[:n_h]
+    return {"h_only_rank": rank, "h_part_cos_h_only": float(part @ a_h / (np.linalg.norm(part) * np.linalg.norm(a_h))),
+            "h_part_norm_over_h_only": float(np.linalg.norm(part) / np.linalg.norm(a_h))}
+
+
 def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit: tuple[Path, Path, Path] | None = None,
         space: str = "h+skips", scale: float = 1.0, rendered: str | None = None) -> list[dict]:
     """One row per true factor (the h oracle's row, see :func:`validity_h_oracle._pattern_row`), with the space and the
@@ -212,7 +225,8 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
     the up blocks see have moved by that plus the offset. ``scale``: the rendered levels are ``scale`` x (±0.5, ±1) Δ of
     the pattern (the in-data frame is unchanged); the rows then label those frames ±0.5 and ±1 as before, and their
     ``pattern_norm`` and ``delta_in_sd`` are the scaled frame's length. ``rendered``: offset only this part of the
-    pattern (:func:`restricted`; None: all of ``space``); ``rendered_norm`` is that part's length at the 1 Δ frame."""
+    pattern (:func:`restricted`; None: all of ``space``); ``rendered_norm`` is that part's length at the 1 Δ frame.
+    Rendering h alone, the rows also compare the pattern's h part with the h-only fit (:func:`h_only_comparison`)."""
     from validity import decoder_for
     from validity_h_oracle import LEVELS, _pattern_row, _setup, choose_rank, design, factor_patterns, scored
 
@@ -251,7 +265,8 @@ def run(exp_dir: Path, cfg_v, root: Path | None = None, device: str = "cpu", fit
         out.append({"factor": f, "space": space, "rendered": rendered, "rendered_norm": scale * norm * float(np.linalg.norm(kept)),
                     "scale": scale, "h_share": float(a[:n_h] @ a[:n_h]) / norm**2, "fitted_on": len(A_fit),
                     "rank": rank, "cv_within_r": cv_r, "mode": cfg.mode, "t_end": cfg.t_end, "median_psnr": float(np.median(inv.psnr)),
-                    **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi), "trajectory_shift": drift})
+                    **_pattern_row(exp, inv, cal, dec, coord, scale * norm, draw, X[:, 1 + fi], fi), "trajectory_shift": drift,
+                    **(h_only_comparison(A_fit, X_fit, names, f, lab_fit, cfg.seed, a, n_h) if rendered == "h" else {})})
     return out
 
 

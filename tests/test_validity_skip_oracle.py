@@ -110,6 +110,7 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
     for w, g in zip(want, got):
         assert (g["factor"], g["rank"], g["n_eligible"]) == (w["factor"], w["rank"], w["n_eligible"])
         assert g["h_share"] == pytest.approx(1.0)
+        assert (g["h_only_rank"], g["h_part_cos_h_only"], g["h_part_norm_over_h_only"]) == (g["rank"], pytest.approx(1.0), pytest.approx(1.0))
         for key in ("cv_within_r", "within_r", "pattern_norm", "sd", "in_data_shift_sd", "flips_at_1", "flips_in_data"):
             assert g[key] == pytest.approx(w[key], rel=1e-3, abs=1e-4), key
         assert g["change_at_1"] == pytest.approx(w["change_at_1"], abs=1e-3)
@@ -140,6 +141,7 @@ def test_h_space_reproduces_the_h_oracle(oracle, tiny_experiment, monkeypatch): 
         assert g["change_at_1"] != w["change_at_1"]
         assert w["rendered_norm"] == pytest.approx(w["pattern_norm"], rel=1e-5)
         assert g["rendered_norm"] == pytest.approx(w["pattern_norm"] * np.sqrt(w["h_share"]), rel=1e-5)
+        assert "h_only_rank" not in w and g["h_only_rank"] == next(r["rank"] for r in got if r["factor"] == g["factor"])
     assert len(units["h"]) == len(units["h+skips"]) >= 2
     for uw, uh in zip(units["h+skips"], units["h"]):
         assert torch.equal(uh[0], uw[0]) and all(u is None for u in uh[1:]) and all(u is not None for u in uw)
