@@ -415,11 +415,11 @@ def test_without_differs_each_modality_scores_its_own_two_factors(tmp_path, monk
     assert row["factors"]["solid_fraction"]["attribute"] is None
     with pytest.raises(SystemExit, match=r"cannot score \['nucleus_radius'\]; this experiment's readouts measure"):
         validity.score(exp, None, truth, ("nucleus_radius",), real=real)
-    monkeypatch.setattr(sys.modules["validity_score"], "_real_measurements", lambda *a, **k: real)
+    monkeypatch.setitem(validity.score.__globals__, "_real_measurements", lambda *a, **k: real)  # the scorer's own module
     assert validity.main(["score", str(exp), "--images", "x", "--factors", str(truth)]) == 0
     assert '"diameter_mm": {\n   "attribute": "c1"' in capsys.readouterr().out
     acceptance = _load("explain_acceptance")
-    monkeypatch.setattr(validity, "_real_measurements", lambda *a, **k: real)
+    monkeypatch.setattr(acceptance._validity(), "_real_measurements", lambda *a, **k: real)  # the module it reads
     assert acceptance.main(exp, images=tmp_path, factors=truth, decode=False) == 1
     out = capsys.readouterr().out
     assert "readout r diameter_mm" in out and "readout r solid_fraction" in out and "nucleus" not in out
