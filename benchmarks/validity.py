@@ -33,6 +33,9 @@ Usage::
     python benchmarks/validity.py run --root runs/validity --device cpu  # one explain run per method x configuration, then the table
     python benchmarks/validity.py score EXPERIMENT_DIR --images DIR --factors CSV   # one experiment
     python benchmarks/validity.py rescore --root runs/validity runs/validity/experiments/*/*/   # finished runs, scored again
+    python benchmarks/validity.py summary run_sample.txt run_ct.txt ...   # per method over the printed rows; the best default
+
+``run`` and ``rescore`` print the scored rows (JSON), the table, and the per-method summary (validity_summary.py).
 """
 
 from __future__ import annotations
@@ -214,6 +217,13 @@ def table(rows: list[dict]) -> str:
     return make_table(rows)
 
 
+def summary(rows: list[dict], configurations: list[str] | None = None) -> str:
+    """Per method over the rows, and the best default, against ``configurations`` (default: all; validity_summary.py)."""
+    from validity_summary import summary as make_summary
+
+    return make_summary(rows, configurations or [c.name for c in CONFIGURATIONS])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -231,6 +241,10 @@ def main(argv=None) -> int:
     d = sub.add_parser("rescore", help="score finished experiment folders again (no explain run) and print the table")
     d.add_argument("folders", type=Path, nargs="+", help="experiment folders CONFIGURATION/METHOD")
     d.add_argument("--root", type=Path, default=REPO / "runs" / "validity")
+    e = sub.add_parser("summary", help="per method over scored rows that run or rescore printed, and the best default")
+    e.add_argument("files", type=Path, nargs="+", help="files holding the JSON rows printed by run or rescore")
+    e.add_argument("--configuration", action="append", choices=[cfg.name for cfg in CONFIGURATIONS], default=None,
+                   help="the configurations the default must be scored on (default: all)")
     c = sub.add_parser("score")
     c.add_argument("experiment", type=Path)
     c.add_argument("--images", type=Path, required=True)
@@ -247,10 +261,16 @@ def main(argv=None) -> int:
         rows = run(args.root, args.out or args.root / "experiments", args.device, args.method, args.configuration, extra)
         print(json.dumps(rows, indent=1))
         print(table(rows))
+        print("\n" + summary(rows))
     elif args.cmd == "rescore":
         rows = rescore(args.root, args.folders)
         print(json.dumps(rows, indent=1))
         print(table(rows))
+        print("\n" + summary(rows))
+    elif args.cmd == "summary":
+        from validity_summary import read_rows
+
+        print(summary([r for f in args.files for r in read_rows(f)], args.configuration))
     else:
         dec = None
         if args.configuration:
