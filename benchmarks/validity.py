@@ -218,10 +218,16 @@ def table(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict], configurations: list[str] | None = None) -> str:
-    """Per method over the rows, and the best default, against ``configurations`` (default: all; validity_summary.py)."""
+    """Per method over the rows, and the best default, against every registered method and ``configurations`` (default:
+    all; validity_summary.py)."""
     from validity_summary import summary as make_summary
 
-    return make_summary(rows, configurations or [c.name for c in CONFIGURATIONS])
+    from diffex.explain.directions import list_methods
+
+    try:
+        return make_summary(rows, configurations or [c.name for c in CONFIGURATIONS], list_methods())
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv=None) -> int:
