@@ -8,8 +8,10 @@ strength and at fixed multiples of the coordinate's SD (not stopped at the edge)
 with the validity scorer's readouts, decoded into the true factors (``validity_decode.py``). Per strength it reports the
 mean shift (SD), the share of images whose coordinate ends inside the data's edges, the flip rate (explain's: eligible
 images are those whose reconstruction is not classed as the target), each factor's median decoded change against the
-reconstruction (units of Δ, the conditions' difference) and the share of renders whose factor readouts leave the real
-images' 1st-99th percentile range. ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
+reconstruction (units of Δ, the conditions' difference), the share of renders whose factor readouts leave the real
+images' 1st-99th percentile range, and realism as KID on the classifier's penultimate features: the renders' excess
+over their own reconstructions, both against the experiment's real images, paired per subset
+(:func:`diffex.models.kid.kid_excess`; read only where it is stable). ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
 in-data edit.
 
 The experiment's cached stages are reused from a copy of its cache (nothing in the experiment folder is written). The
@@ -92,6 +94,18 @@ def _decoded(exp, dec, raw: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, di
     return decode(dec, dz), {c: values[..., k] for k, c in enumerate(dec.columns)}
 
 
+def _kid_per_level(exp, raw: np.ndarray, ref: np.ndarray) -> list[dict | None]:
+    """KID excess (:func:`~diffex.models.kid.kid_excess`) of the renders raw (n, L, C, H, W) at each level over their
+    reconstructions ref (n, C, H, W), against the experiment's real images; None per level without features."""
+    from diffex.models.kid import kid_excess, penultimate_features
+
+    real = penultimate_features(exp.pair.clf, exp.raw)  # (N, d)
+    if real is None:
+        return [None] * raw.shape[1]
+    rec = penultimate_features(exp.pair.clf, ref)  # (n, d)
+    return [kid_excess(real, penultimate_features(exp.pair.clf, raw[:, j]), rec) for j in range(raw.shape[1])]
+
+
 def _real_slope(exp, coord_sd: np.ndarray, factors_csv: Path, cfg_v, factors: tuple[str, ...]) -> dict:
     """Among the experiment's real images: each true factor's least-squares change (units of Δ) per SD of their
     coordinate along the attribute (``coord_sd`` (N,), signed as the attribute), and its Pearson r with the coordinate.
@@ -135,7 +149,9 @@ def sweep(exp_dir: Path, att_id: str, cfg_v, root: Path | None = None, device: s
     probs = exp.pair.probs(x.flatten(0, 1).to(exp.device)).numpy().reshape(*scales.shape, -1)  # (n, L, classes)
     _, flipped, eligible = effect_table(probs[:, :, None], inv.probs_rec[images], np.full(len(images), t))
     dec = decoder_for(cfg_v, int(exp.raw.shape[-1]))
-    s_hat, values = _decoded(exp, dec, exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[images]).numpy())
+    raw, ref = exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[images]).numpy()
+    s_hat, values = _decoded(exp, dec, raw, ref)
+    kids = _kid_per_level(exp, raw, ref)
     p = cfg_v.paths(root)
     _, real = _real_measurements(p["images"], int(exp.raw.shape[-1]), list(exp.channel_names), res.imaging)
     edges = {c: np.nanpercentile(real[c], [1, 99]) for c in dec.columns}
@@ -151,20 +167,28 @@ def sweep(exp_dir: Path, att_id: str, cfg_v, root: Path | None = None, device: s
                      "mean_shift_sd": float(np.mean(np.abs(scales[:, j]) / sd)), "ends_in_data": float(np.mean((end >= lo - 1e-9) & (end <= hi + 1e-9))),
                      "n_eligible": int(eligible.sum()), "flip_rate": float(flipped[:, j, 0].sum() / max(int(eligible.sum()), 1)),
                      "change": {f: float(np.nanmedian(s_hat[:, j, i])) for i, f in enumerate(dec.factors)},
-                     "readouts_outside_real": float(outside), "real_change_per_sd": real_slope})
+                     "readouts_outside_real": float(outside), "real_change_per_sd": real_slope, "kid": kids[j]})
     return rows
+
+
+def _kid_cell(k: dict | None) -> str:
+    if k is None:
+        return "–"
+    e = k["excess"]
+    return f"{1e3 * e['mean']:+.2f} ({1e3 * e['sd']:.2f}; {'stable' if k['stable'] else 'not stable'})"
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table of sweeps."""
     lines = ["| experiment, attribute | strength | mean shift (SD) | ends in data | flips (eligible) | decoded change of the renders (Δ) | "
-             "real images that much further along it (Δ) | renders outside the real 1-99 % |", "|---|---|---|---|---|---|---|---|"]
+             "real images that much further along it (Δ) | renders outside the real 1-99 % | KID x 1000: renders over their "
+             "reconstructions (sd; stable?) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ch = ", ".join(f"{f} {v:+.2f}" for f, v in r["change"].items())
         real = ", ".join(f"{f} {v['per_sd'] * r['mean_shift_sd']:+.2f}" for f, v in r["real_change_per_sd"].items())
         lines.append(f"| {Path(r['experiment']).name} {r['attribute']} | {r['strength']} | {r['mean_shift_sd']:.2f} | "
                      f"{100 * r['ends_in_data']:.0f} % | {100 * r['flip_rate']:.0f} % ({r['n_eligible']}) | {ch} | {real} | "
-                     f"{100 * r['readouts_outside_real']:.0f} % |")
+                     f"{100 * r['readouts_outside_real']:.0f} % | {_kid_cell(r.get('kid'))} |")
     return "\n".join(lines)
 
 

@@ -92,3 +92,39 @@ def test_gate_reports_both_round_trips_kid_and_a_montage(tiny_diffusion, tiny_cl
     assert k["heldout_real"] == kid(f_train, f_held, subset_size=8, seed=0)
     text = format_gate(g2)
     assert "steps to t = 699" in text and "reported, not gating" in text and "KID on the classifier" in text
+
+
+def test_kid_excess_pairs_each_draw_and_matches_a_brute_force_loop():
+    from diffex.models.kid import kid_excess
+
+    rng = np.random.default_rng(3)
+    real, ref = rng.normal(size=(12, 4)), rng.normal(size=(8, 4))
+    edited = ref + np.array([0.8, 0.0, 0.0, 0.0])  # every image moved along the first feature
+    got = kid_excess(real, edited, ref, n_subsets=5, subset_size=6, seed=11)
+    draw = np.random.default_rng(11)  # the same draws, scored by the double sum
+    e, f = [], []
+    for _ in range(5):
+        r, i = draw.choice(12, 6, replace=False), draw.choice(8, 6, replace=False)
+        e.append(_brute_mmd2(real[r], edited[i]))
+        f.append(_brute_mmd2(real[r], ref[i]))
+    d = np.array(e) - np.array(f)
+    assert got["edited"]["mean"] == pytest.approx(np.mean(e), rel=1e-12)
+    assert got["reference"]["sd"] == pytest.approx(np.std(f, ddof=1), rel=1e-12)
+    assert got["excess"]["mean"] == pytest.approx(np.mean(d), rel=1e-12)
+    assert got["excess"]["sd"] == pytest.approx(np.std(d, ddof=1), rel=1e-12)
+    assert got["subset_size"] == 6 and got["stable"] == bool(abs(np.mean(d)) >= 2 * np.std(d, ddof=1))
+
+
+def test_kid_excess_known_cases():
+    from diffex.models.kid import kid_excess
+
+    rng = np.random.default_rng(0)
+    real, ref = rng.normal(size=(200, 6)), rng.normal(size=(100, 6))
+    same = kid_excess(real, ref.copy(), ref)
+    assert same["excess"] == {"mean": 0.0, "sd": 0.0} and same["stable"] is False  # no edit: nothing to read
+    far = kid_excess(real, ref + 1.5, ref)
+    assert far["stable"] is True and far["excess"]["mean"] > 10 * far["excess"]["sd"]
+    # the unpaired estimates, each with its real-subset noise, agree with the paired difference on average
+    assert far["excess"]["mean"] == pytest.approx(far["edited"]["mean"] - far["reference"]["mean"], rel=1e-12)
+    with pytest.raises(ValueError, match="paired edited and reference"):
+        kid_excess(real, ref[:10], ref)
