@@ -9,9 +9,13 @@ with the validity scorer's readouts, decoded into the true factors (``validity_d
 mean shift (SD), the share of images whose coordinate ends inside the data's edges, the flip rate (explain's: eligible
 images are those whose reconstruction is not classed as the target), each factor's median decoded change against the
 reconstruction (units of Δ, the conditions' difference), the share of renders whose factor readouts leave the real
-images' 1st-99th percentile range, and realism as KID on the classifier's penultimate features: the renders' excess
-over their own reconstructions, both against the experiment's real images, paired per subset
-(:func:`diffex.models.kid.kid_excess`; read only where it is stable). ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
+images' 1st-99th percentile range, and KID on the classifier's penultimate features: the renders' excess over their
+own reconstructions, both against the experiment's real images of the target condition, paired per subset
+(:func:`diffex.models.kid.kid_excess`; read only where it is stable). Those features are the ones the classifier tells
+the conditions apart with, so the KID mixes realism with the edit's effect: an edit that makes the images more like
+real target-condition cells lowers it (a negative excess), one that takes them away from every real cell raises it.
+A stably positive excess says the edited images are further from the real target-condition images than before the
+edit. ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
 in-data edit.
 
 The experiment's cached stages are reused from a copy of its cache (nothing in the experiment folder is written). The
@@ -94,12 +98,13 @@ def _decoded(exp, dec, raw: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, di
     return decode(dec, dz), {c: values[..., k] for k, c in enumerate(dec.columns)}
 
 
-def _kid_per_level(exp, raw: np.ndarray, ref: np.ndarray) -> list[dict | None]:
+def _kid_per_level(exp, raw: np.ndarray, ref: np.ndarray, real_images: np.ndarray) -> list[dict | None]:
     """KID excess (:func:`~diffex.models.kid.kid_excess`) of the renders raw (n, L, C, H, W) at each level over their
-    reconstructions ref (n, C, H, W), against the experiment's real images; None per level without features."""
+    reconstructions ref (n, C, H, W), against the experiment's real images ``real_images`` (indices); None per level
+    without features."""
     from diffex.models.kid import kid_excess, penultimate_features
 
-    real = penultimate_features(exp.pair.clf, exp.raw)  # (N, d)
+    real = penultimate_features(exp.pair.clf, exp.raw[real_images])  # (N', d)
     if real is None:
         return [None] * raw.shape[1]
     rec = penultimate_features(exp.pair.clf, ref)  # (n, d)
@@ -151,7 +156,7 @@ def sweep(exp_dir: Path, att_id: str, cfg_v, root: Path | None = None, device: s
     dec = decoder_for(cfg_v, int(exp.raw.shape[-1]))
     raw, ref = exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[images]).numpy()
     s_hat, values = _decoded(exp, dec, raw, ref)
-    kids = _kid_per_level(exp, raw, ref)
+    kids = _kid_per_level(exp, raw, ref, np.flatnonzero(exp.labels == t))  # against the real target-condition images
     p = cfg_v.paths(root)
     _, real = _real_measurements(p["images"], int(exp.raw.shape[-1]), list(exp.channel_names), res.imaging)
     edges = {c: np.nanpercentile(real[c], [1, 99]) for c in dec.columns}

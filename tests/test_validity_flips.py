@@ -157,7 +157,7 @@ def test_sweep_reproduces_explains_own_figures_at_calibrated_strength(tiny_exper
 
 def test_sweep_kid_is_the_renders_excess_over_their_reconstructions(tiny_experiment, tmp_path):
     """Renders equal to their reconstructions have no excess; brighter ones have the excess of the features computed
-    here from the experiment's own real images, paired in the renders' order."""
+    here from the real images asked for, paired in the renders' order."""
     from diffex.models.kid import kid_excess, penultimate_features
 
     res, _, _ = tiny_experiment
@@ -165,10 +165,12 @@ def test_sweep_kid_is_the_renders_excess_over_their_reconstructions(tiny_experim
     exp, _ = sweep._open_copy(res.out, tmp_path, "cpu")
     ref = np.asarray(exp.raw[:6], np.float32)  # (6, C, H, W), standing for the reconstructions
     brighter = 1.5 * ref
-    got = sweep._kid_per_level(exp, np.stack([ref, brighter], 1), ref)  # levels: unedited, brighter
+    real = np.flatnonzero(exp.labels == 1)  # the images of one condition
+    got = sweep._kid_per_level(exp, np.stack([ref, brighter], 1), ref, real)  # levels: unedited, brighter
     assert got[0]["excess"] == {"mean": 0.0, "sd": 0.0} and got[0]["stable"] is False
     feats = lambda x: penultimate_features(exp.pair.clf, x)  # noqa: E731
-    assert got[1] == kid_excess(feats(np.asarray(exp.raw)), feats(brighter), feats(ref))
+    assert got[1] == kid_excess(feats(np.asarray(exp.raw)[real]), feats(brighter), feats(ref))
+    assert got[1] != kid_excess(feats(np.asarray(exp.raw)), feats(brighter), feats(ref))  # not all the real images
     assert got[1]["excess"]["mean"] > 0 and got[1]["subset_size"] == 6
 
 
