@@ -11,11 +11,11 @@ images are those whose reconstruction is not classed as the target), each factor
 reconstruction (units of Δ, the conditions' difference), the share of renders whose factor readouts leave the real
 images' 1st-99th percentile range, and KID on the classifier's penultimate features: the renders' excess over their
 own reconstructions, both against the experiment's real images of the target condition, paired per subset
-(:func:`diffex.models.kid.kid_excess`; read only where it is stable). Those features are the ones the classifier tells
-the conditions apart with, so the KID mixes realism with the edit's effect: an edit that makes the images more like
-real target-condition cells lowers it (a negative excess), one that takes them away from every real cell raises it.
-A stably positive excess says the edited images are further from the real target-condition images than before the
-edit. ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
+(:func:`diffex.models.kid.kid_excess`; read only where it is stable), and the same against all the real images. Those
+features are the ones the classifier tells the conditions apart with, so the KID mixes realism with the edit's effect:
+an edit that makes the images more like real target-condition cells lowers the first (a negative excess). A stably
+positive excess says the edited images are further from those real images than before the edit. The real images
+pass through the diffusion model's normalization and back, as the renders do. ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
 in-data edit.
 
 The experiment's cached stages are reused from a copy of its cache (nothing in the experiment folder is written). The
@@ -98,17 +98,19 @@ def _decoded(exp, dec, raw: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, di
     return decode(dec, dz), {c: values[..., k] for k, c in enumerate(dec.columns)}
 
 
-def _kid_per_level(exp, raw: np.ndarray, ref: np.ndarray, real_images: np.ndarray) -> list[dict | None]:
-    """KID excess (:func:`~diffex.models.kid.kid_excess`) of the renders raw (n, L, C, H, W) at each level over their
-    reconstructions ref (n, C, H, W), against the experiment's real images ``real_images`` (indices); None per level
-    without features."""
+def _kid_per_level(exp, raw: np.ndarray, ref: np.ndarray, real_sets: dict[str, np.ndarray]) -> list[dict | None]:
+    """Per level, KID excess (:func:`~diffex.models.kid.kid_excess`) of the renders raw (n, L, C, H, W) over their
+    reconstructions ref (n, C, H, W) against each set of the experiment's real images (name -> indices); None per
+    level without features. The real images make the round trip through model space that the renders make."""
     from diffex.models.kid import kid_excess, penultimate_features
 
-    real = penultimate_features(exp.pair.clf, exp.raw[real_images])  # (N', d)
-    if real is None:
+    feats = lambda x: penultimate_features(exp.pair.clf, x)  # noqa: E731 - (n, d) float64, or None
+    rec = feats(ref)
+    if rec is None:
         return [None] * raw.shape[1]
-    rec = penultimate_features(exp.pair.clf, ref)  # (n, d)
-    return [kid_excess(real, penultimate_features(exp.pair.clf, raw[:, j]), rec) for j in range(raw.shape[1])]
+    real = {k: feats(exp.pair.raw(exp.pair.to_model_space(exp.raw[idx])).cpu().numpy()) for k, idx in real_sets.items()}
+    levels = [feats(raw[:, j]) for j in range(raw.shape[1])]
+    return [{k: kid_excess(r, edited, rec) for k, r in real.items()} for edited in levels]
 
 
 def _real_slope(exp, coord_sd: np.ndarray, factors_csv: Path, cfg_v, factors: tuple[str, ...]) -> dict:
@@ -156,7 +158,7 @@ def sweep(exp_dir: Path, att_id: str, cfg_v, root: Path | None = None, device: s
     dec = decoder_for(cfg_v, int(exp.raw.shape[-1]))
     raw, ref = exp.pair.raw(x.flatten(0, 1)).numpy().reshape(*x.shape), exp.pair.raw(inv.xrec[images]).numpy()
     s_hat, values = _decoded(exp, dec, raw, ref)
-    kids = _kid_per_level(exp, raw, ref, np.flatnonzero(exp.labels == t))  # against the real target-condition images
+    kids = _kid_per_level(exp, raw, ref, {"target": np.flatnonzero(exp.labels == t), "all": np.arange(len(exp.labels))})
     p = cfg_v.paths(root)
     _, real = _real_measurements(p["images"], int(exp.raw.shape[-1]), list(exp.channel_names), res.imaging)
     edges = {c: np.nanpercentile(real[c], [1, 99]) for c in dec.columns}
@@ -180,7 +182,7 @@ def _kid_cell(k: dict | None) -> str:
     if k is None:
         return "–"
     e = k["excess"]
-    return f"{1e3 * e['mean']:+.2f} ({1e3 * e['sd']:.2f}; {'stable' if k['stable'] else 'not stable'})"
+    return f"{1e3 * e['mean']:+.2f} ({1e3 * e['sd']:.2f}{'' if k['stable'] else ', not stable'})"
 
 
 def table(rows: list[dict]) -> str:
@@ -193,7 +195,7 @@ def table(rows: list[dict]) -> str:
         real = ", ".join(f"{f} {v['per_sd'] * r['mean_shift_sd']:+.2f}" for f, v in r["real_change_per_sd"].items())
         lines.append(f"| {Path(r['experiment']).name} {r['attribute']} | {r['strength']} | {r['mean_shift_sd']:.2f} | "
                      f"{100 * r['ends_in_data']:.0f} % | {100 * r['flip_rate']:.0f} % ({r['n_eligible']}) | {ch} | {real} | "
-                     f"{100 * r['readouts_outside_real']:.0f} % | {_kid_cell(r.get('kid'))} |")
+                     f"{100 * r['readouts_outside_real']:.0f} % | {_kid_cell((r.get('kid') or {}).get('target'))}; {_kid_cell((r.get('kid') or {}).get('all'))} |")
     return "\n".join(lines)
 
 

@@ -108,6 +108,8 @@ def test_kid_excess_pairs_each_draw_and_matches_a_brute_force_loop():
         e.append(_brute_mmd2(real[r], edited[i]))
         f.append(_brute_mmd2(real[r], ref[i]))
     d = np.array(e) - np.array(f)
+    perm = draw.permutation(12)  # then the real rows' two halves
+    assert got["real_halves"] == kid(real[perm[:6]], real[perm[6:12]], 5, 6, 11)
     assert got["edited"]["mean"] == pytest.approx(np.mean(e), rel=1e-12)
     assert got["reference"]["sd"] == pytest.approx(np.std(f, ddof=1), rel=1e-12)
     assert got["excess"]["mean"] == pytest.approx(np.mean(d), rel=1e-12)
@@ -124,7 +126,16 @@ def test_kid_excess_known_cases():
     assert same["excess"] == {"mean": 0.0, "sd": 0.0} and same["stable"] is False  # no edit: nothing to read
     far = kid_excess(real, ref + 1.5, ref)
     assert far["stable"] is True and far["excess"]["mean"] > 10 * far["excess"]["sd"]
-    # the unpaired estimates, each with its real-subset noise, agree with the paired difference on average
-    assert far["excess"]["mean"] == pytest.approx(far["edited"]["mean"] - far["reference"]["mean"], rel=1e-12)
-    with pytest.raises(ValueError, match="paired edited and reference"):
+    assert far["subset_size"] == 50  # half of the smaller set: the draws vary on both sides
+    # a small edit: pairing cancels the noise the two sets share; unpaired draws (two independent KIDs) would leave
+    # the excess with the sd of a difference of independent estimates, sqrt(sd_e^2 + sd_r^2) (about 0.26 here)
+    small = kid_excess(real, ref + 0.2, ref)
+    a, b = (kid(real, x, 50, 50, seed) for x, seed in ((ref + 0.2, 1), (ref, 2)))
+    assert small["excess"]["sd"] < 0.5 * np.hypot(a["sd"], b["sd"])
+    # every draw the same rows (subsets as large as both sets): no resampling, so nothing is called stable
+    whole = kid_excess(real[:30], ref[:30] + 1.5, ref[:30], subset_size=30)
+    assert whole["excess"]["mean"] > 0 and whole["stable"] is False
+    with pytest.raises(ValueError, match="must pair up"):
         kid_excess(real, ref[:10], ref)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        kid_excess(real[:3], ref[:3], ref[:3])

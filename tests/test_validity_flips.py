@@ -143,6 +143,14 @@ def test_sweep_reproduces_explains_own_figures_at_calibrated_strength(tiny_exper
     sweep = _load("strength_sweep")
     att = res.attributes[0]
     before = sorted(p.relative_to(res.out) for p in res.out.rglob("*"))
+    seen = []  # the real images the KID is taken against
+    kid_per_level = sweep._kid_per_level
+
+    def recorded(exp, raw, ref, sets):
+        seen.append((exp.labels, sets))
+        return kid_per_level(exp, raw, ref, sets)
+
+    monkeypatch.setattr(sweep, "_kid_per_level", recorded)
     rows = sweep.sweep(res.out, att.id, cfg, root, "cpu", multiples=(3.0, 6.0))
     assert [r["strength"] for r in rows] == ["calibrated", "3 SD", "6 SD"]
     first = rows[0]
@@ -152,7 +160,10 @@ def test_sweep_reproduces_explains_own_figures_at_calibrated_strength(tiny_exper
     assert [r["mean_shift_sd"] for r in rows[1:]] == pytest.approx([3.0, 6.0])
     assert sorted(p.relative_to(res.out) for p in res.out.rglob("*")) == before
     assert sweep.table(rows).count("\n") == 4
-    assert all(r["kid"]["n_subsets"] == 50 and r["kid"]["subset_size"] >= 2 for r in rows)
+    (labels, sets), = seen
+    target = res.results.class_names.index(att.target)
+    assert sets["target"].tolist() == np.flatnonzero(labels == target).tolist() and sets["all"].tolist() == list(range(len(labels)))
+    assert all(r["kid"][k]["n_subsets"] == 50 and r["kid"][k]["subset_size"] >= 2 for r in rows for k in ("target", "all"))
 
 
 def test_sweep_kid_is_the_renders_excess_over_their_reconstructions(tiny_experiment, tmp_path):
@@ -166,13 +177,13 @@ def test_sweep_kid_is_the_renders_excess_over_their_reconstructions(tiny_experim
     ref = np.asarray(exp.raw[:6], np.float32)  # (6, C, H, W), standing for the reconstructions
     brighter = 1.5 * ref
     real = np.flatnonzero(exp.labels == 1)  # the images of one condition
-    got = sweep._kid_per_level(exp, np.stack([ref, brighter], 1), ref, real)  # levels: unedited, brighter
-    assert got[0]["excess"] == {"mean": 0.0, "sd": 0.0} and got[0]["stable"] is False
+    got = sweep._kid_per_level(exp, np.stack([ref, brighter], 1), ref, {"one": real})  # levels: unedited, brighter
+    assert got[0]["one"]["excess"] == {"mean": 0.0, "sd": 0.0} and got[0]["one"]["stable"] is False
     feats = lambda x: penultimate_features(exp.pair.clf, x)  # noqa: E731
-    assert got[1] == kid_excess(feats(np.asarray(exp.raw)[real]), feats(brighter), feats(ref))
-    assert got[1] != kid_excess(feats(np.asarray(exp.raw)), feats(brighter), feats(ref))  # not all the real images
-    assert got[1]["excess"]["mean"] > 0 and got[1]["subset_size"] == 6
-
+    trip = lambda x: exp.pair.raw(exp.pair.to_model_space(x)).cpu().numpy()  # noqa: E731 - the renders' round trip
+    assert got[1]["one"] == kid_excess(feats(trip(np.asarray(exp.raw)[real])), feats(brighter), feats(ref))
+    assert got[1]["one"] != kid_excess(feats(trip(np.asarray(exp.raw))), feats(brighter), feats(ref))  # not all the real images
+    assert got[1]["one"]["excess"]["mean"] > 0
 
 def test_h_oracle_design_and_patterns():
     """The regressors (Δ units, standardised nuisance, an angle as cos/sin of 2θ) and a pattern planted among nuisance."""

@@ -55,39 +55,49 @@ def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 10
             "n_subsets": n_subsets, "subset_size": s}
 
 
-def kid_excess(real: np.ndarray, edited: np.ndarray, reference: np.ndarray, n_subsets: int = 50, subset_size: int = 100,
-               seed: int = 0) -> dict:
+def kid_excess(real: np.ndarray, edited: np.ndarray, reference: np.ndarray, n_subsets: int = 50,
+               subset_size: int | None = None, seed: int = 0) -> dict:
     """KID of edited images and of their unedited references against real images, and the edits' excess, paired.
 
     ``edited[i]`` and ``reference[i]`` are the same image with and without the edit, (n, d) features each; ``real``
-    (N, d). Every subset draws ``s = min(subset_size, N, n)`` real rows and ``s`` image indices, and the same draw
-    scores both sets, so the excess KID(real, edited) - KID(real, reference) is free of the real subset's noise.
-    ``stable`` says whether the subsets agree on the excess: its mean is at least twice its sd over the subsets
-    (the excess of one subset is then a fair guess of the next's); otherwise the figure is reported, not read.
+    (N, d). Every subset draws ``s`` real rows and ``s`` image indices without replacement (``s``: ``subset_size``,
+    at most min(N, n); default half of min(N, n), so that the draws vary on both sides), and the same draw scores both
+    sets: the excess KID(real, edited) - KID(real, reference) cancels the noise the two share. ``stable`` says whether
+    the subsets agree on the excess: |mean| at least twice its sd over the subsets, which must differ (a rule of
+    thumb: the subsets overlap, so their sd is smaller than that of fresh samples). ``real_halves`` is :func:`kid`
+    between two disjoint random halves of the real rows (subsets of ``s`` rows where a half has them): the size of
+    a KID between real images alone.
 
     Example
     -------
     >>> rng = np.random.default_rng(0)
     >>> real, ref = rng.normal(size=(120, 8)), rng.normal(size=(60, 8))
     >>> out = kid_excess(real, ref + 1.0, ref)                    # shifted edits: a clear, stable excess
-    >>> out["stable"], out["excess"]["mean"] > 0.5
-    (True, True)
+    >>> out["stable"], out["excess"]["mean"] > 0.5, out["subset_size"]
+    (True, True, 30)
     >>> kid_excess(real, ref, ref)["excess"]["mean"]              # no edit: no excess, exactly
     0.0
     """
     rng = np.random.default_rng(seed)
-    s = min(subset_size, len(real), len(edited))
-    if len(edited) != len(reference) or s < 2:
-        raise ValueError(f"need paired edited and reference sets of the same length >= 2, got {len(edited)} and {len(reference)}")
-    pairs = []
+    if len(edited) != len(reference):
+        raise ValueError(f"edited and reference sets must pair up, got {len(edited)} and {len(reference)} rows")
+    most = min(len(real), len(edited))
+    s = min(subset_size, most) if subset_size is not None else most // 2
+    if s < 2:
+        raise ValueError(f"KID needs subsets of at least 2 rows; got {len(real)} real and {len(edited)} edited rows")
+    rows = []
     for _ in range(n_subsets):
         r, i = rng.choice(len(real), s, replace=False), rng.choice(len(edited), s, replace=False)
-        pairs.append((mmd2_unbiased(real[r], edited[i]), mmd2_unbiased(real[r], reference[i])))
-    e, f = np.array(pairs).T  # (n_subsets,) each
+        rows.append((mmd2_unbiased(real[r], edited[i]), mmd2_unbiased(real[r], reference[i])))
+    e, f = np.array(rows).T  # (n_subsets,) each
     stats = {name: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if n_subsets > 1 else 0.0}
              for name, v in (("edited", e), ("reference", f), ("excess", e - f))}
+    resampled = n_subsets > 1 and (s < len(real) or s < len(edited))
     ex = stats["excess"]
-    return {**stats, "n_subsets": n_subsets, "subset_size": s, "stable": bool(abs(ex["mean"]) >= 2 * ex["sd"] and ex["sd"] > 0)}
+    stable = resampled and ex["sd"] > 1e-9 * max(abs(ex["mean"]), 1e-300) and abs(ex["mean"]) >= 2 * ex["sd"]
+    half, perm = len(real) // 2, rng.permutation(len(real))
+    halves = kid(real[perm[:half]], real[perm[half : 2 * half]], n_subsets, min(s, half), seed) if half >= 2 else None
+    return {**stats, "real_halves": halves, "n_subsets": n_subsets, "subset_size": s, "stable": bool(stable)}
 
 
 def _last_linear(module: torch.nn.Module) -> torch.nn.Linear | None:
