@@ -10,12 +10,13 @@ mean shift (SD), the share of images whose coordinate ends inside the data's edg
 images are those whose reconstruction is not classed as the target), each factor's median decoded change against the
 reconstruction (units of Δ, the conditions' difference), the share of renders whose factor readouts leave the real
 images' 1st-99th percentile range, and KID on the classifier's penultimate features: the renders' excess over their
-own reconstructions, both against the experiment's real images of the target condition, paired per subset
-(:func:`diffex.models.kid.kid_excess`; read only where it is stable), and the same against all the real images. Those
-features are the ones the classifier tells the conditions apart with, so the KID mixes realism with the edit's effect:
-an edit that makes the images more like real target-condition cells lowers the first (a negative excess). A stably
-positive excess says the edited images are further from those real images than before the edit. The real images
-pass through the diffusion model's normalization and back, as the renders do. ``validity_flip_ceiling.py`` gives the same figures for the generator's perfect
+own reconstructions against the experiment's real images of the target condition, paired per subset
+(:func:`diffex.models.kid.kid_excess`; read only where it is stable), and the same against all the real images.
+Those features are the ones the classifier tells the conditions apart with, so the KID mixes realism with the edit's
+effect: an edit that makes the images more like real target-condition cells lowers the first (a negative excess).
+A stably positive excess says the edited images are further from those real images than before the edit. The real
+images pass through the diffusion model's normalization and back, as the renders do. ``validity_flip_ceiling.py``
+gives the same figures for the generator's perfect
 in-data edit.
 
 The experiment's cached stages are reused from a copy of its cache (nothing in the experiment folder is written). The
@@ -188,8 +189,8 @@ def _kid_cell(k: dict | None) -> str:
 def table(rows: list[dict]) -> str:
     """Markdown table of sweeps."""
     lines = ["| experiment, attribute | strength | mean shift (SD) | ends in data | flips (eligible) | decoded change of the renders (Δ) | "
-             "real images that much further along it (Δ) | renders outside the real 1-99 % | KID x 1000: renders over their "
-             "reconstructions (sd; stable?) |", "|---|---|---|---|---|---|---|---|---|"]
+             "real images that much further along it (Δ) | renders outside the real 1-99 % | KID x 1000, renders over "
+             "their reconstructions (sd): against the real target-condition images; all real images |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ch = ", ".join(f"{f} {v:+.2f}" for f, v in r["change"].items())
         real = ", ".join(f"{f} {v['per_sd'] * r['mean_shift_sd']:+.2f}" for f, v in r["real_change_per_sd"].items())
