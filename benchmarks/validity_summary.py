@@ -93,7 +93,11 @@ def method_scores(rows: list[dict]) -> dict[str, MethodScore]:
 
 def ranking(rows: list[dict]) -> list[tuple[str, MethodScore]]:
     """Methods, best first (factor scores passed, then specific matches, then criteria met); ties keep the name order."""
-    return sorted(method_scores(rows).items(), key=lambda kv: (tuple(-k for k in kv[1].key()), kv[0]))
+    return _ordered(method_scores(rows))
+
+
+def _ordered(scores: dict[str, MethodScore]) -> list[tuple[str, MethodScore]]:
+    return sorted(scores.items(), key=lambda kv: (tuple(-k for k in kv[1].key()), kv[0]))
 
 
 def _missing(scores: dict[str, MethodScore], configurations: list[str], methods: list[str]) -> str | None:
@@ -117,7 +121,7 @@ def best_default(rows: list[dict], configurations: list[str], methods: list[str]
     why = _missing(scores, configurations, methods)
     if why:
         return None, why
-    ranked = [(m, s) for m, s in ranking(rows) if m != BASELINE]
+    ranked = [(m, s) for m, s in _ordered(scores) if m != BASELINE]
     if not ranked:
         return None, "no method other than the baseline was expected"
     (top, s), rest = ranked[0], ranked[1:]
@@ -147,7 +151,7 @@ def summary(rows: list[dict], configurations: list[str], methods: list[str]) -> 
     heads = ["method", *configurations, "factor scores passed", "specific matches", "criteria met",
              "meets more criteria than the baseline on"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for method, s in ranking(rows):
+    for method, s in _ordered(scores):
         cells = [_cell(s, c, order.get(c, [])) for c in configurations]
         if method == BASELINE or base is None:
             beats = "–"

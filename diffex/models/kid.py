@@ -94,7 +94,7 @@ def kid_excess(real: np.ndarray, edited: np.ndarray, reference: np.ndarray, n_su
              for name, v in (("edited", e), ("reference", f), ("excess", e - f))}
     resampled = n_subsets > 1 and (s < len(real) or s < len(edited))
     ex = stats["excess"]
-    stable = resampled and ex["sd"] > 1e-9 * max(abs(ex["mean"]), 1e-300) and abs(ex["mean"]) >= 2 * ex["sd"]
+    stable = resampled and ex["sd"] > 1e-9 * abs(ex["mean"]) and abs(ex["mean"]) >= 2 * ex["sd"]  # sd above rounding
     half, perm = len(real) // 2, rng.permutation(len(real))
     halves = kid(real[perm[:half]], real[perm[half : 2 * half]], n_subsets, min(s, half), seed) if half >= 2 else None
     return {**stats, "real_halves": halves, "n_subsets": n_subsets, "subset_size": s, "stable": bool(stable)}
