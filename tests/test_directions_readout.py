@@ -126,6 +126,8 @@ def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_clas
     from test_explain import TINY
 
     from diffex.explain import explain
+    from diffex.report.html import write_report
+    from diffex.report.morphology import measurement_label
 
     res = explain(tiny_classifier[0], cells, tmp_path / "exp", tiny_diffusion[0], replace(TINY, methods=("readout", "steer", "hold")),
                   device="cpu", show_progress=False)
@@ -143,6 +145,27 @@ def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_clas
     ho = r["direction_training"]["hold"]
     assert ho["smooth"] and all(c["held"] <= len(ho["smooth"]) for c in ho["candidates"])
     assert f"The held directions used gradients of the readouts through the sampler on {ho['probe_images']} selection images" in html
+    # every attribute records the readout its name promises and the way it moves towards the target; the report flags the
+    # ones whose renders do not move it that way (recomputed here from the trends in results.json)
+    rows = {f"{m}:{c['name']}": c for m in ("readout", "steer", "hold") for c in r["direction_training"][m]["candidates"]}
+    assert len(rows) == sum(len(r["direction_training"][m]["candidates"]) for m in ("readout", "steer", "hold"))
+    flagged = 0
+    for a in r["attributes"]:
+        row = rows[a["name"]]
+        assert row["name"].split(": ", 1)[1].startswith(measurement_label(row["readout"]) + (" higher" if row["higher"] else " lower"))
+        assert (a["named_measure"], a["named_direction"]) == (row["readout"], (1 if row["higher"] else -1) * a["sign"])
+        trend = a["morphology"].get(a["named_measure"])
+        flagged += trend is not None and a["named_direction"] * trend["spearman_r"] < 0.5
+    assert r["attributes"] and html.count("<p>Its name implies") == flagged
+    # the report flags an attribute whose renders move its named readout the other way
+    a = r["attributes"][0]
+    a["morphology"][a["named_measure"]]["spearman_r"] = -0.9 * a["named_direction"]
+    (res.out / "results.json").write_text(json.dumps(r))
+    html = write_report(res.out).read_text()
+    way = "higher" if a["named_direction"] > 0 else "lower"
+    assert html.count("<p>Its name implies") == 1 + sum(
+        b["named_direction"] * b["morphology"].get(b["named_measure"], {"spearman_r": 1.0})["spearman_r"] < 0.5 for b in r["attributes"][1:])
+    assert f"Its name implies {measurement_label(a['named_measure'])} {way} towards {a['target']}" in html
 
 
 def _steer_world(n=40, seed=0):

@@ -239,3 +239,28 @@ def test_trust_warnings_name_each_failed_check():
     old = {**good, "strength_unit": "h_norm", "strength": 1.0, "coordinate": {"control": [-0.1, 0.1], "treated": [-0.1, 0.1]}}
     assert "beyond the real data" in warnings(NS(**old), ["control", "treated"])[0]
     assert warnings(NS(**{**old, "coordinate": {"control": [-1.0, 1.0]}}), ["control", "treated"]) == []
+
+
+def test_trust_warning_when_a_named_direction_does_not_move_its_readout():
+    """A direction named for a readout is flagged unless its renders move that readout the named way (r >= 0.5 that way)."""
+    from types import SimpleNamespace as NS
+
+    from diffex.report.results import Trend
+    from diffex.report.trust import warnings
+
+    good = dict(separation_auc=0.85, separation_p_adjusted=0.001, target="control", strength_unit="sd", ends_in_data=1.0,
+                consistency=0.9, consistency_measure="DNA_AreaShape_Area", coordinate={}, strength=3.0)
+
+    def named(direction, r, measure="DNA_AreaShape_Perimeter"):
+        return NS(**good, named_measure=measure, named_direction=direction,
+                  morphology={"DNA_AreaShape_Perimeter": Trend(r, 0.1, -0.1), "DNA_AreaShape_Area": Trend(-0.9, -0.2, 0.2)})
+
+    assert warnings(named(+1, 0.5), ["control", "treated"]) == []  # exactly at the bar: moves the named way
+    assert warnings(named(-1, -0.83), ["control", "treated"]) == []
+    assert warnings(named(+1, 0.49), ["control", "treated"]) == [
+        "Its name implies DNA perimeter higher towards control, but its renders do not move DNA perimeter that way (median "
+        "Spearman r with the strength +0.49; +0.5 or beyond needed): what it does change is in its description."]
+    w = warnings(named(-1, 0.9), ["control", "treated"])
+    assert len(w) == 1 and "DNA perimeter lower towards control" in w[0] and "-0.5 or beyond" in w[0]
+    assert warnings(named(0, -0.9), ["control", "treated"]) == []  # not a named direction
+    assert warnings(named(+1, -0.9, "Actin_Texture_Contrast"), ["control", "treated"]) == []  # the readout was not measured

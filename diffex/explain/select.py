@@ -124,12 +124,14 @@ def _strength(cal: Calibrated, pick: Pick, moved: np.ndarray) -> dict:
 def _attribute(exp: Experiment, cands: Candidates, shortlist: Shortlist, pick: Pick, stats: dict, sep: dict, n_sep: dict,
                calib: dict) -> Attribute:
     name = cands.names[pick.candidate]
+    named, higher = cands.named(pick.candidate)
     return Attribute(
         id=f"to-{safe_name(exp.class_names[pick.target])}-{pick.rank}", target=exp.class_names[pick.target], rank=pick.rank,
         name=name, candidate=pick.candidate, sign=pick.sign, strength=exp.cfg.strength, **calib, merged=cands.merged.get(name, []),
         screening_score=float(shortlist.scores[pick.candidate]), selection_mean_delta_p=pick.selection_mean_delta_p,
         selection_lower_bound=pick.selection_lower_bound, **stats, separation_auc=sep["auc"], separation_cohens_d=sep["cohens_d"],
-        separation_p_value=sep["p_value"], separation_p_adjusted=float("nan"), separation_n=n_sep)
+        separation_p_value=sep["p_value"], separation_p_adjusted=float("nan"), separation_n=n_sep, named_measure=named,
+        named_direction=higher * pick.sign)
 
 
 def statistics_stage(exp: Experiment, inv: Inversions, cands: Candidates, shortlist: Shortlist, cal: Calibrated, picks: list[Pick],

@@ -108,6 +108,10 @@ class Attribute:
     ends_in_data: float = float("nan")  # share of the moved evaluation images whose full-strength end lies inside the edges
     consistency: float = float("nan")  # share of the measured images whose main change has the median's sign and size (within 2x)
     consistency_measure: str = ""  # that main change's morphology column ("" when nothing changes consistently)
+    # a direction named for a readout (readout, steer, hold): its morphology column, and the way the name says it moves along
+    # the traversal towards the target (+1 higher, -1 lower; 0 and "" for an unnamed direction)
+    named_measure: str = ""
+    named_direction: int = 0
 
 
 @dataclass

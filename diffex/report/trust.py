@@ -2,7 +2,9 @@
 
 An attribute can move the classifier without being what differs between the conditions, or be
 rendered outside the range of the real images, or change different images differently. Each of
-these gets a marker and a sentence saying why (issue 14: "the report says what to trust").
+these gets a marker and a sentence saying why (issue 14: "the report says what to trust"). So does a
+direction named for a readout (``readout``, ``steer``, ``hold``: "towards treated: DNA area higher")
+whose renders do not move that readout the named way: its name would tell the reader what it does not do.
 
 Example
 -------
@@ -17,11 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffex.report.morphology import measurement_label
+
 MIN_AUC, MAX_P = 0.7, 0.01  # the separation a trusted attribute shows (validity benchmark's bar)
 WEAK_AUC, WEAK_P = 0.6, 0.05  # below the bar but above these: "differ only weakly"
 MIN_IN_DATA = 0.9  # share of moved images whose full-strength end lies inside the real data
 MAX_SD = 3.0  # h_norm results: full strength beyond this many SD of the real images leaves the data
 MIN_CONSISTENCY = 0.5
+MIN_NAMED_R = 0.5  # a direction named for a readout must move it the named way: median Spearman r with the strength
 
 
 def _others(conditions: list[str], target: str) -> str:
@@ -50,4 +55,16 @@ def warnings(att, conditions: list[str], objects: str = "cells") -> list[str]:
                    "its main measurement in the same direction by a similar amount.")
     elif not att.consistency_measure:
         out.append("No morphology measurement changes consistently along it: what it changes is not described.")
+    out += _named(att)
     return out
+
+
+def _named(att) -> list[str]:
+    """A sentence when the readout a direction is named for does not move the named way in its renders."""
+    trend = att.morphology.get(getattr(att, "named_measure", "")) if getattr(att, "named_direction", 0) else None
+    if trend is None or not np.isfinite(trend.spearman_r) or att.named_direction * trend.spearman_r >= MIN_NAMED_R:
+        return []
+    label, way = measurement_label(att.named_measure), "higher" if att.named_direction > 0 else "lower"
+    return [f"Its name implies {label} {way} towards {att.target}, but its renders do not move {label} that way (median "
+            f"Spearman r with the strength {trend.spearman_r:+.2f}; {att.named_direction * MIN_NAMED_R:+.1f} or beyond needed): "
+            "what it does change is in its description."]

@@ -155,7 +155,8 @@ def hold_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[s
         out_names.append(f"towards {ctx.class_names[int(tgt[j])]}: {measurement_label(names[j])} {'higher' if sign > 0 else 'lower'}, "
                          f"others held (AUC {auc[j]:.2f})")
         rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])],
-                     "held": len(held), "leak": None if not np.isfinite(leak) else round(leak, 4)})
+                     "held": len(held), "leak": None if not np.isfinite(leak) else round(leak, 4), "name": out_names[-1],
+                     "higher": bool(sign > 0)})
     if not vecs:
         why = [f"{s['readout']} ({s['why']})" for s in skipped]
         more = f" and {len(why) - 6} more" if len(why) > 6 else ""

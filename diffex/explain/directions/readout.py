@@ -151,7 +151,8 @@ def readout_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, lis
         vecs.append((1.0 if higher else -1.0) * patterns[i])  # towards the target condition
         out_names.append(f"towards {ctx.class_names[int(tgt[j])]}: {measurement_label(names[j])} {'higher' if higher else 'lower'} "
                          f"(AUC {auc[j]:.2f})")
-        rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])]})
+        rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])],
+                     "name": out_names[-1], "higher": bool(higher)})
     ctx.diagnostics["readout"] = {"covariates": [names[j] for j in keep], "candidates": rows, "images": int(len(labels))}
     out = torch.stack(vecs)
     return out.float().view(len(out), *ctx.h_shape), out_names

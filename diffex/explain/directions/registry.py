@@ -177,6 +177,24 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.names)
 
+    def named(self, index: int) -> tuple[str, int]:
+        """The readout candidate ``index`` is named for and the way its positive direction moves it (+1 higher, -1 lower).
+
+        Methods that name a readout (``readout``, ``steer``, ``hold``) list each output with its ``name``, ``readout`` and
+        ``higher`` in their diagnostics' ``candidates``; any other candidate gives ``("", 0)``.
+
+        >>> c = Candidates(torch.zeros(1, 2), ["hold:towards b: DNA area lower"],
+        ...                diagnostics={"hold": {"candidates": [{"name": "towards b: DNA area lower", "readout": "DNA_AreaShape_Area",
+        ...                                                       "higher": False}]}})
+        >>> c.named(0)
+        ('DNA_AreaShape_Area', -1)
+        """
+        method, _, rest = self.names[index].partition(":")
+        diag = self.diagnostics.get(method)
+        rows = diag.get("candidates", []) if isinstance(diag, dict) else []
+        row = next((r for r in rows if isinstance(r, dict) and r.get("name") == rest and "higher" in r), None)
+        return (str(row["readout"]), 1 if row["higher"] else -1) if row else ("", 0)
+
 
 def unit(v: torch.Tensor) -> torch.Tensor:
     flat = v.flatten(1)

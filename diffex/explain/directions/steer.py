@@ -142,7 +142,8 @@ def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[
         out_names.append(f"towards {ctx.class_names[int(tgt[j])]}: {measurement_label(names[j])} {'higher' if higher else 'lower'}, "
                          f"others held (AUC {auc[j]:.2f})")
         rows.append({"readout": names[j], "auc": round(float(auc[j]), 4), "condition": ctx.class_names[int(tgt[j])],
-                     "leak": None if not np.isfinite(leak[i]) else round(float(leak[i]), 4)})
+                     "leak": None if not np.isfinite(leak[i]) else round(float(leak[i]), 4), "name": out_names[-1],
+                     "higher": bool(higher)})
     if not vecs:
         raise DiffexError("the steer method's probe renders moved none of the readouts; no edit can be solved for")
     ctx.diagnostics["steer"] = {"held": held, "candidates": rows, "axes": int(len(axes)), "probe_images": int(len(images)),
