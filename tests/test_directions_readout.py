@@ -156,16 +156,16 @@ def test_explain_with_readout_measures_the_reconstructions_and_says_so(tiny_clas
         assert (a["named_measure"], a["named_direction"]) == (row["readout"], (1 if row["higher"] else -1) * a["sign"])
         trend = a["morphology"].get(a["named_measure"])
         flagged += trend is not None and a["named_direction"] * trend["spearman_r"] < 0.5
-    assert r["attributes"] and html.count("<p>Its name implies") == flagged
+    assert r["attributes"] and html.count("<p>Its name says") == flagged
     # the report flags an attribute whose renders move its named readout the other way
     a = r["attributes"][0]
     a["morphology"][a["named_measure"]]["spearman_r"] = -0.9 * a["named_direction"]
     (res.out / "results.json").write_text(json.dumps(r))
     html = write_report(res.out).read_text()
     way = "higher" if a["named_direction"] > 0 else "lower"
-    assert html.count("<p>Its name implies") == 1 + sum(
+    assert html.count("<p>Its name says") == 1 + sum(
         b["named_direction"] * b["morphology"].get(b["named_measure"], {"spearman_r": 1.0})["spearman_r"] < 0.5 for b in r["attributes"][1:])
-    assert f"Its name implies {measurement_label(a['named_measure'])} {way} towards {a['target']}" in html
+    assert f"do not consistently move {measurement_label(a['named_measure'])} {way} towards {a['target']}" in html
 
 
 def _steer_world(n=40, seed=0):
@@ -250,3 +250,34 @@ def test_steering_coordinates_approach_the_exact_minimum_norm_solution():
     exact = np.linalg.pinv(r.T)  # (10, 4): min-norm a with rᵀ a = e_j, column j
     np.testing.assert_allclose(a @ r, np.eye(4), atol=0.05)
     assert np.abs(a.T - exact).max() < 0.05 * np.abs(exact).max()
+
+
+def test_attribute_records_its_named_readout_and_the_way_it_moves_towards_the_target():
+    """named_direction is the name's way times the pick's sign: a pick against the name moves the readout the other way."""
+    from diffex.explain.directions import Candidates
+    from diffex.explain.select import _attribute
+
+    NS = SimpleNamespace
+
+    rows = [{"name": "towards treated: DNA area higher (AUC 0.80)", "readout": "DNA_AreaShape_Area", "higher": True},
+            {"name": "towards treated: Actin object intensity lower (AUC 0.20)", "readout": "Actin_Intensity_MeanIntensity",
+             "higher": False}]
+    cands = Candidates(torch.zeros(3, 2), [f"readout:{r['name']}" for r in rows] + ["gradient:mean"],
+                       diagnostics={"readout": {"candidates": rows}})
+    exp = NS(class_names=["control", "treated"], cfg=NS(strength=3.0))
+    stats = dict(n_images=10, n_eligible=9, baseline_at_target=0.1, mean_delta_p=0.2, mean_abs_delta_p=0.2, delta_p_ci95=[0.1, 0.3],
+                 flip_rate=0.5, coverage=0.5, cumulative_flip_rate=0.5)
+    sep = {"auc": 0.8, "cohens_d": 1.0, "p_value": 0.001}
+
+    def attribute(candidate, sign, target):
+        pick = NS(target=target, rank=1, candidate=candidate, sign=sign, selection_mean_delta_p=0.2, selection_lower_bound=0.1)
+        a = _attribute(exp, cands, NS(scores=np.zeros(3)), pick, stats, sep, {"control": 5, "treated": 5}, {})
+        return a.named_measure, a.named_direction
+
+    assert attribute(0, +1, 1) == ("DNA_AreaShape_Area", +1)
+    assert attribute(0, -1, 0) == ("DNA_AreaShape_Area", -1)  # towards control along -d: DNA area falls
+    assert attribute(1, +1, 1) == ("Actin_Intensity_MeanIntensity", -1)
+    assert attribute(1, -1, 1) == ("Actin_Intensity_MeanIntensity", +1)  # picked against its name: intensity rises
+    assert attribute(2, -1, 0) == ("", 0)  # an unnamed method
+    old = Candidates(cands.vectors, cands.names, diagnostics={"readout": {"candidates": [{"readout": "DNA_AreaShape_Area"}]}})
+    assert old.named(0) == ("", 0)  # cached before the way was recorded: not guessed from the name

@@ -242,7 +242,8 @@ def test_trust_warnings_name_each_failed_check():
 
 
 def test_trust_warning_when_a_named_direction_does_not_move_its_readout():
-    """A direction named for a readout is flagged unless its renders move that readout the named way (r >= 0.5 that way)."""
+    """A direction named for a readout is flagged unless its renders move that readout the named way (r >= 0.5 that way);
+    the sentence quotes the name's own way, and says so when the attribute runs against it."""
     from types import SimpleNamespace as NS
 
     from diffex.report.results import Trend
@@ -251,16 +252,21 @@ def test_trust_warning_when_a_named_direction_does_not_move_its_readout():
     good = dict(separation_auc=0.85, separation_p_adjusted=0.001, target="control", strength_unit="sd", ends_in_data=1.0,
                 consistency=0.9, consistency_measure="DNA_AreaShape_Area", coordinate={}, strength=3.0)
 
-    def named(direction, r, measure="DNA_AreaShape_Perimeter"):
-        return NS(**good, named_measure=measure, named_direction=direction,
+    def named(higher, sign, r, measure="DNA_AreaShape_Perimeter"):
+        return NS(**good, sign=sign, named_measure=measure, named_direction=higher * sign,
                   morphology={"DNA_AreaShape_Perimeter": Trend(r, 0.1, -0.1), "DNA_AreaShape_Area": Trend(-0.9, -0.2, 0.2)})
 
-    assert warnings(named(+1, 0.5), ["control", "treated"]) == []  # exactly at the bar: moves the named way
-    assert warnings(named(-1, -0.83), ["control", "treated"]) == []
-    assert warnings(named(+1, 0.49), ["control", "treated"]) == [
-        "Its name implies DNA perimeter higher towards control, but its renders do not move DNA perimeter that way (median "
-        "Spearman r with the strength +0.49; +0.5 or beyond needed): what it does change is in its description."]
-    w = warnings(named(-1, 0.9), ["control", "treated"])
-    assert len(w) == 1 and "DNA perimeter lower towards control" in w[0] and "-0.5 or beyond" in w[0]
-    assert warnings(named(0, -0.9), ["control", "treated"]) == []  # not a named direction
-    assert warnings(named(+1, -0.9, "Actin_Texture_Contrast"), ["control", "treated"]) == []  # the readout was not measured
+    conditions = ["control", "treated"]
+    assert warnings(named(+1, +1, 0.5), conditions) == []  # exactly at the bar: moves the named way
+    assert warnings(named(+1, -1, -0.83), conditions) == []  # selected against the name: falls, as it should
+    assert warnings(named(+1, +1, 0.49), conditions) == [
+        "Its name says DNA perimeter higher, but its renders do not consistently move DNA perimeter higher towards control "
+        "(median Spearman r with the strength +0.49; trusted from r ≥ 0.5)."]
+    assert warnings(named(+1, -1, 0.9), conditions) == [
+        "Its name says DNA perimeter higher; it was selected in the opposite direction, so DNA perimeter should go lower towards "
+        "control, but its renders do not consistently move DNA perimeter lower towards control (median Spearman r with the "
+        "strength +0.90; trusted from r ≤ −0.5)."]
+    w = warnings(named(-1, +1, -0.2), conditions)
+    assert len(w) == 1 and w[0].startswith("Its name says DNA perimeter lower, but") and "r ≤ −0.5" in w[0]
+    assert warnings(named(0, +1, -0.9), conditions) == []  # not a named direction
+    assert warnings(named(+1, +1, -0.9, "Actin_Texture_Contrast"), conditions) == []  # the readout was not measured

@@ -65,6 +65,9 @@ def _named(att) -> list[str]:
     if trend is None or not np.isfinite(trend.spearman_r) or att.named_direction * trend.spearman_r >= MIN_NAMED_R:
         return []
     label, way = measurement_label(att.named_measure), "higher" if att.named_direction > 0 else "lower"
-    return [f"Its name implies {label} {way} towards {att.target}, but its renders do not move {label} that way (median "
-            f"Spearman r with the strength {trend.spearman_r:+.2f}; {att.named_direction * MIN_NAMED_R:+.1f} or beyond needed): "
-            "what it does change is in its description."]
+    named_way = "higher" if att.named_direction * att.sign > 0 else "lower"  # the word in the direction's name
+    said = f"Its name says {label} {named_way}"
+    said += "" if att.sign > 0 else f"; it was selected in the opposite direction, so {label} should go {way} towards {att.target}"
+    need = f"≥ {MIN_NAMED_R}" if att.named_direction > 0 else f"≤ −{MIN_NAMED_R}"
+    return [f"{said}, but its renders do not consistently move {label} {way} towards {att.target} (median Spearman r with "
+            f"the strength {trend.spearman_r:+.2f}; trusted from r {need})."]

@@ -116,7 +116,7 @@ def cross_fitted_leak(grads: torch.Tensor, own: int, held: list[int], pattern: t
     return other / mine if mine > 0 else float("nan")
 
 
-@register("hold")
+@register("hold", version=2)  # 2: each candidate's row in the diagnostics names its output and the way it moves the readout
 def hold_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """Per separating readout, its real-data pattern with the other readouts held to first order, towards the condition it names."""
     if ctx.xt is None or ctx.soft_readouts is None:

@@ -136,7 +136,7 @@ def measured_selection(ctx: DirectionContext, method: str) -> tuple[np.ndarray, 
     return labels, present, names, values
 
 
-@register("readout")
+@register("readout", version=2)  # 2: each candidate's row in the diagnostics names its output and the way it moves the readout
 def readout_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """The partial h patterns of the k measured readouts that best separate the conditions, each towards the condition where it is higher."""
     labels, present, names, values = measured_selection(ctx, "readout")

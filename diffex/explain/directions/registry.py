@@ -60,8 +60,9 @@ _VERSIONS: dict[str, int] = {}
 def register(name: str, version: int = 1) -> Callable[[Generator], Generator]:
     """Decorator adding a generator to the registry under ``name``.
 
-    ``version`` goes up when what the method returns for the same input changes (its vectors or
-    names), so that cached candidates of an earlier version are not reused.
+    ``version`` goes up when what the method returns for the same input changes (its vectors, names,
+    or the diagnostics that later stages read), so that cached candidates of an earlier version are
+    not reused.
     """
 
     def wrap(fn: Generator) -> Generator:

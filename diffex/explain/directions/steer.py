@@ -109,7 +109,7 @@ def cross_fitted_leak(diff: np.ndarray) -> np.ndarray:
         return np.where(own > 0, other / own, np.nan)
 
 
-@register("steer")
+@register("steer", version=2)  # 2: each candidate's row in the diagnostics names its output and the way it moves the readout
 def steer_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[str]]:
     """Edits whose measured renders move one separating readout and hold the others, towards the condition it names."""
     if ctx.xt is None:
