@@ -235,6 +235,15 @@ def test_trust_warnings_name_each_failed_check():
     assert "end inside the range" in warnings(NS(**{**good, "ends_in_data": 0.5}), ["control", "treated"])[0]
     assert "not consistent" in warnings(NS(**{**good, "consistency": 0.4}), ["control", "treated"])[0]
     assert "not described" in warnings(NS(**{**good, "consistency": float("nan"), "consistency_measure": ""}), ["a", "b"])[0]
+    # the classifier's reaction on the evaluation images: trusted only when Δp's 95 % CI lies above 0
+    assert warnings(NS(**good, delta_p_ci95=[0.004, 0.2], mean_delta_p=0.1), ["control", "treated"]) == []
+    w = warnings(NS(**{**good, "separation_auc": 0.55, "separation_p_adjusted": 0.75}, delta_p_ci95=[-0.033, 0.038],
+                    mean_delta_p=0.001), ["control", "treated"])
+    assert w == ["On the evaluation images the classifier's reaction to this change is not distinguishable from zero "
+                 "(Δp +0.001, 95 % CI [-0.033, +0.038]; trusted when the interval is above 0).",
+                 "Real treated and control cells do not differ along it (AUC 0.55, Holm-adjusted p 0.75; trusted from AUC 0.7 "
+                 "and p < 0.01)."]
+    assert len(warnings(NS(**good, delta_p_ci95=[0.0, 0.2], mean_delta_p=0.1), ["a", "b"])) == 1  # 0 itself is not above 0
     # before calibration (h_norm): full strength 1 x mean ‖h‖ against coordinates with SD 0.1 is 10 SD
     old = {**good, "strength_unit": "h_norm", "strength": 1.0, "coordinate": {"control": [-0.1, 0.1], "treated": [-0.1, 0.1]}}
     assert "beyond the real data" in warnings(NS(**old), ["control", "treated"])[0]

@@ -23,6 +23,7 @@ TINY_EXPLAIN = {
     "steps": 3, "t_end": 999, "max_images": 16, "gradient_images": 6, "rank_images": 8, "directions_per_method": 2,
     "screen_top": 2, "max_attributes": 2, "traversal_frames": 3, "traversal_images": 1, "measure_images": 2,
     "bootstrap": 50, "min_psnr": -100.0, "batch_size": 8, "contrastive_iterations": 2, "selection_confidence": 0.5,
+    "methods": ["gradient", "pca"],
 }
 TINY_DIFFUSION = {
     "size": 16, "steps": 4, "batch_size": 4, "checkpoint_every": 2, "gate_samples": 4, "gate_sample_steps": 3,

@@ -57,7 +57,7 @@ class ExplainConfig:
     t_end: int = DEFAULT_T_END
     t_edit: int = 0
     mode: str = "asymmetric"
-    methods: tuple[str, ...] = ("gradient", "pca")
+    methods: tuple[str, ...] = ("hold",)  # the validity benchmark's best default (docs/benchmarks.md, 2026-12-08)
     directions_per_method: int = 4
     merge_cos: float = 0.9
     screen_top: int = 4

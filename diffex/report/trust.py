@@ -1,6 +1,7 @@
 """What to trust about an attribute: the checks it fails, each as a sentence the report shows beside it.
 
-An attribute can move the classifier without being what differs between the conditions, or be
+An attribute picked on the selection images can fail to move the classifier on the evaluation images, or
+move the classifier without being what differs between the conditions, or be
 rendered outside the range of the real images, or change different images differently. Each of
 these gets a marker and a sentence saying why (issue 14: "the report says what to trust"). So does a
 direction named for a readout (``readout``, ``steer``, ``hold``: "towards treated: DNA area higher")
@@ -35,12 +36,13 @@ def _others(conditions: list[str], target: str) -> str:
 
 def warnings(att, conditions: list[str], objects: str = "cells") -> list[str]:
     """The sentences of every trust check ``att`` fails (empty: none fails)."""
-    out = []
+    out = _reaction(att)
     auc, p = att.separation_auc, att.separation_p_adjusted
     if not (np.isfinite(auc) and auc >= MIN_AUC and np.isfinite(p) and p < MAX_P):
         weak = np.isfinite(auc) and auc >= WEAK_AUC and np.isfinite(p) and p < WEAK_P
         how = "differ only weakly" if weak else "do not differ"
-        out.append(f"The classifier reacts to this change, but real {att.target} and {_others(conditions, att.target)} {objects} {how} "
+        lead = "Real" if out else "The classifier reacts to this change, but real"  # out: it does not react (said above)
+        out.append(f"{lead} {att.target} and {_others(conditions, att.target)} {objects} {how} "
                    f"along it (AUC {auc:.2f}, Holm-adjusted p {p:.2g}; trusted from AUC {MIN_AUC} and p < {MAX_P}).")
     if att.strength_unit == "sd":
         if np.isfinite(att.ends_in_data) and att.ends_in_data < MIN_IN_DATA:
@@ -57,6 +59,16 @@ def warnings(att, conditions: list[str], objects: str = "cells") -> list[str]:
         out.append("No morphology measurement changes consistently along it: what it changes is not described.")
     out += _named(att)
     return out
+
+
+def _reaction(att) -> list[str]:
+    """A sentence when the classifier's reaction on the evaluation images is not distinguishable from zero: the 95 %
+    CI of Δp reaches 0 (AttFind picked it on the selection images, where its lower bound was above 0)."""
+    ci = getattr(att, "delta_p_ci95", None)
+    if not ci or not all(np.isfinite(ci)) or ci[0] > 0:
+        return []
+    return [f"On the evaluation images the classifier's reaction to this change is not distinguishable from zero "
+            f"(Δp {att.mean_delta_p:+.3f}, 95 % CI [{ci[0]:+.3f}, {ci[1]:+.3f}]; trusted when the interval is above 0)."]
 
 
 def _named(att) -> list[str]:

@@ -160,7 +160,8 @@ def hold_directions(ctx: DirectionContext, k: int) -> tuple[torch.Tensor, list[s
     if not vecs:
         why = [f"{s['readout']} ({s['why']})" for s in skipped]
         more = f" and {len(why) - 6} more" if len(why) > 6 else ""
-        raise DiffexError(f"the hold method found no separating readout that its held pattern moves; skipped: {', '.join(why[:6])}{more}")
+        raise DiffexError(f"the hold method found no separating readout that its held pattern moves; skipped: {', '.join(why[:6])}{more}; "
+                          "--method gradient finds directions without readouts")
     ctx.diagnostics["hold"] = {"smooth": [names[i] for i in smooth], "candidates": rows, "skipped": skipped,
                                "probe_images": int(len(images))}
     out = torch.stack(vecs)
